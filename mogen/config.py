@@ -1,0 +1,281 @@
+"""Recipes: YAML files (with `include:` and `--set` overrides) validated into a typed `Recipe`.
+
+A recipe is data, never code: YAML is read with `yaml.safe_load`, scorers are named through reward_zoo's
+registry, and nothing in a recipe can make mogen import a module. Every error is one line that names the file,
+the field path and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
+
+
+class ConfigError(ValueError):
+    """A recipe problem a user can fix; its message is the whole story (no traceback is shown)."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ModelConfig(_Section):
+    name: str = Field("builtin:tiny", description="'builtin:tiny' or a local diffusers folder")
+    family: Literal["tiny", "sd3", "flux"] = "tiny"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class LoraConfig(_Section):
+    rank: int = Field(32, ge=1)
+    alpha: float = Field(64.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_LORA_TARGETS), min_length=1)
+    init: Literal["gaussian", "default", "zeros"] = "gaussian"
+
+
+class PromptsConfig(_Section):
+    source: Literal["toyworld", "file"] = "toyworld"
+    split: Literal["train", "heldout"] = "train"
+    tasks: list[str] | None = Field(None, description="toy-world tasks to draw from; all when unset")
+    path: str | None = Field(None, description="a .txt (one prompt a line) or .jsonl file when source is 'file'")
+
+    @model_validator(mode="after")
+    def _file_needs_path(self) -> PromptsConfig:
+        if self.source == "file" and not self.path:
+            raise ValueError("path is required when source is 'file'")
+        return self
+
+
+class SamplerConfig(_Section):
+    kind: Literal["sde", "cps"] = "sde"
+    eta: float = Field(0.7, gt=0, le=1.5)
+    num_steps: int = Field(10, ge=2)
+    shift: float = Field(1.0, gt=0)
+    train_window: tuple[int, int] = Field((0, 5), description="[start, end) of the steps trained steps come from")
+    train_steps: int = Field(3, ge=1, description="stochastic, trained steps drawn from the window per batch")
+    guidance_scale: float = Field(1.0, ge=1.0)
+
+    @model_validator(mode="after")
+    def _window_fits(self) -> SamplerConfig:
+        start, end = self.train_window
+        if not 0 <= start < end <= self.num_steps:
+            raise ValueError(f"train_window must satisfy 0 <= start < end <= num_steps ({self.num_steps})")
+        if self.train_steps > end - start:
+            raise ValueError(f"train_steps ({self.train_steps}) exceeds the window size ({end - start})")
+        if self.kind == "cps" and end == self.num_steps:
+            raise ValueError("with kind 'cps' the last step has std 0 and cannot be trained: end train_window earlier")
+        return self
+
+
+class RolloutConfig(_Section):
+    prompts_per_batch: int = Field(4, ge=1)
+    group_size: int = Field(8, ge=2, description="samples per prompt; advantages are normalized within a group")
+
+
+class RewardConfig(_Section):
+    name: str = Field(description="a scorer registered in reward_zoo (see `mogen rewards list`)")
+    label: str | None = Field(None, description="objective name in logs; defaults to name (+ attribute)")
+    weight: float = 1.0
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    kl_budget: float | None = Field(None, gt=0, description="this objective's DPPO delta; algorithm.delta if unset")
+    max_ref_kl: float | None = Field(None, gt=0, description="stop this objective while KL to base exceeds this")
+
+    @property
+    def key(self) -> str:
+        if self.label:
+            return self.label
+        attribute = self.kwargs.get("attribute")
+        return f"{self.name}_{attribute}" if attribute else self.name
+
+
+class AdvantageConfig(_Section):
+    mode: Literal["per_objective", "sum_then_normalize"] = "per_objective"
+    std_floor: float = Field(1e-2, gt=0, description="group std below this is raised to it (no divide-by-zero)")
+    clip: float | None = Field(5.0, gt=0)
+
+
+class AlgorithmConfig(_Section):
+    name: Literal["dppo", "grpo"] = "dppo"
+    delta: float = Field(1e-5, gt=0, description="DPPO's per-step KL threshold (KL averaged over dimensions)")
+    clip_range: float = Field(1e-4, gt=0, description="GRPO's ratio clip range")
+    beta: float = Field(0.0, ge=0, description="weight of the exact KL to the base model")
+    updates_per_batch: int = Field(1, ge=1)
+    minibatches: int = Field(1, ge=1, description="gradient steps per pass over a batch")
+
+
+class OptimConfig(_Section):
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+
+
+class TrainConfig(_Section):
+    steps: int = Field(100, ge=1)
+    seed: int = 0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    grad_clip: float | None = Field(1.0, gt=0)
+    checkpoint_every: int = Field(25, ge=1)
+    sample_every: int = Field(25, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+
+
+class EvalConfig(_Section):
+    suites: list[str] = Field(default_factory=list)
+    every: int = Field(0, ge=0, description="run the suites every N steps; 0 disables")
+
+
+class Recipe(_Section):
+    model: ModelConfig = ModelConfig()
+    lora: LoraConfig = LoraConfig()
+    prompts: PromptsConfig = PromptsConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    rewards: list[RewardConfig] = Field(min_length=1)
+    advantage: AdvantageConfig = AdvantageConfig()
+    algorithm: AlgorithmConfig = AlgorithmConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    output_dir: str = "runs/default"
+
+    @model_validator(mode="after")
+    def _objective_keys_unique(self) -> Recipe:
+        keys = [r.key for r in self.rewards]
+        duplicates = sorted({k for k in keys if keys.count(k) > 1})
+        if duplicates:
+            raise ValueError(f"objectives need distinct labels, repeated: {duplicates} (set 'label')")
+        return self
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: recipe file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}".replace("\n", " ")) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge mappings; the override wins, lists are replaced whole."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _load_with_includes(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML file with its `include:` list merged in first (relative to the file), so the file overrides it."""
+    path = path.resolve()
+    if path in chain:
+        raise ConfigError(f"{path}: include cycle: {' -> '.join(str(p) for p in (*chain, path))}")
+    data = _read_yaml(path)
+    includes = data.pop("include", [])
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise ConfigError(f"{path}: include must be a file path or a list of file paths")
+    merged: dict[str, Any] = {}
+    for include in includes:
+        target = (path.parent / include).resolve()
+        if not target.is_file():
+            raise ConfigError(f"{path}: include: file not found: {include} (looked at {target})")
+        merged = _merge(merged, _load_with_includes(target, (*chain, path)))
+    return _merge(merged, data)
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> dict[str, Any]:
+    """Apply one `--set dotted.path=value`; the value is parsed as YAML (numbers, lists, null)."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set rollout.group_size=8")
+    dotted, raw = assignment.split("=", 1)
+    parts = [p for p in dotted.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {assignment!r}: empty key")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    node: Any = data
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"--set {dotted}: {where} is not an index of a list of {len(node)} items")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"--set {dotted}: {'.'.join(parts[:depth])} is a value, not a section")
+    return data
+
+
+def _format_validation_error(source: str, err: ValidationError) -> str:
+    """One line per problem: `file: field.path: message`."""
+    lines = []
+    for problem in err.errors():
+        where = ".".join(str(p) for p in problem["loc"]) or "(top level)"
+        if problem["type"] == "extra_forbidden":
+            message = f"unknown field '{problem['loc'][-1]}'"
+            parent = _model_at(problem["loc"][:-1])
+            if parent is not None:
+                message += f"; allowed: {', '.join(parent.model_fields)}"
+        else:
+            message = problem["msg"].removeprefix("Value error, ")
+            if "input" in problem and problem["type"] not in ("missing",) and not isinstance(problem["input"], dict):
+                message += f" (got {problem['input']!r})"
+        lines.append(f"{source}: {where}: {message}")
+    return "\n".join(lines)
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model class at a location in the Recipe tree (for listing allowed fields)."""
+    model: Any = Recipe
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+        annotation = field.annotation
+        inner = getattr(annotation, "__args__", (annotation,))
+        model = next((a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)), annotation)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a recipe file, merge its includes, apply `--set` overrides and validate it."""
+    path = Path(path)
+    data = _load_with_includes(path)
+    for assignment in overrides or []:
+        data = apply_override(data, assignment)
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(str(path), err)) from None
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    """The resolved recipe as YAML (what `--dry-run` prints and every run saves as config.yaml)."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
