@@ -27,3 +27,8 @@ def main(
     ),
 ) -> None:
     """Align flow-matching text-to-image models with Flow-DPPO against a mixture of rewards."""
+
+
+from reward_zoo.cli import app as rewards_app  # noqa: E402  (the `mogen rewards` command group)
+
+app.add_typer(rewards_app, name="rewards")
