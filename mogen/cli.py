@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 import typer
 
 from mogen import __version__
@@ -12,6 +17,18 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the errors a user can fix (bad recipe, missing file, existing run) into one line and exit code 2."""
+    from mogen.config import ConfigError
+
+    try:
+        yield
+    except (ConfigError, FileNotFoundError, FileExistsError) as err:
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(2)
 
 
 def _version_callback(value: bool) -> None:
@@ -27,6 +44,27 @@ def main(
     ),
 ) -> None:
     """Align flow-matching text-to-image models with Flow-DPPO against a mixture of rewards."""
+
+
+@app.command()
+def align(
+    recipe: Path = typer.Option(..., "--recipe", "-r", help="Recipe YAML, e.g. recipes/quickstart.yaml."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a field: --set rollout.group_size=8 (repeatable)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved recipe and exit."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run's latest checkpoint."),
+) -> None:
+    """Align a model to a reward mixture with Flow-DPPO (or the Flow-GRPO baseline)."""
+    from mogen.config import load_recipe, recipe_to_yaml
+
+    with user_errors():
+        resolved = load_recipe(recipe, overrides)
+        if dry_run:
+            typer.echo(recipe_to_yaml(resolved), nl=False)
+            return
+        from mogen.trainer import align as run_align
+
+        run_dir = run_align(resolved, resume=resume)
+    typer.echo(f"done: metrics {run_dir / 'metrics.jsonl'}, grids {run_dir / 'samples'}, LoRA {run_dir / 'lora'}")
 
 
 from reward_zoo.cli import app as rewards_app  # noqa: E402  (the `mogen rewards` command group)

@@ -123,6 +123,7 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(25, ge=1)
     sample_every: int = Field(25, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
+    log_with: list[Literal["tensorboard", "wandb"]] = Field(default_factory=lambda: ["tensorboard"])
 
 
 class EvalConfig(_Section):

@@ -1,0 +1,75 @@
+"""LoRA on a diffusers transformer through peft: attach, switch off for the base policy, save and load.
+
+The reference policy of the KL penalty and of the forgetting probes is the same transformer with its adapter
+disabled, so the base model is never held twice in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+
+from mogen.config import LoraConfig
+
+INIT_WEIGHTS = {"gaussian": "gaussian", "default": True, "zeros": False}
+
+
+def attach_lora(transformer: torch.nn.Module, cfg: LoraConfig) -> list[torch.nn.Parameter]:
+    """Freeze the transformer, add a LoRA adapter on `cfg.target_modules` and return its trainable parameters.
+
+    peft initialises B = 0 (for 'gaussian' and 'default'), so the adapted model starts equal to the base model:
+    the first update's importance ratio is exactly 1.
+    """
+    present = {name.rsplit(".", 1)[-1] for name, _ in transformer.named_modules()}
+    present |= {".".join(name.rsplit(".", 2)[-2:]) for name, _ in transformer.named_modules()}
+    missing = [m for m in cfg.target_modules if m not in present]
+    if len(missing) == len(cfg.target_modules):
+        raise ValueError(f"lora.target_modules: none of {cfg.target_modules} is a module of {type(transformer).__name__}")
+    transformer.requires_grad_(False)
+    transformer.add_adapter(
+        PeftLoraConfig(
+            r=cfg.rank,
+            lora_alpha=cfg.alpha,
+            lora_dropout=cfg.dropout,
+            target_modules=[m for m in cfg.target_modules if m not in missing],
+            init_lora_weights=INIT_WEIGHTS[cfg.init],
+        )
+    )
+    params = [p for p in transformer.parameters() if p.requires_grad]
+    for p in params:  # adapters train in float32 even when the base runs in bf16
+        p.data = p.data.float()
+    return params
+
+
+@contextmanager
+def adapter_disabled(transformer: torch.nn.Module) -> Iterator[None]:
+    """Run the transformer as the base model (the reference policy) inside the block."""
+    transformer.disable_adapters()
+    try:
+        yield
+    finally:
+        transformer.enable_adapters()
+
+
+def lora_state_dict(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter's weights (peft key names, float32, contiguous) for saving."""
+    return {k: v.detach().float().contiguous() for k, v in get_peft_model_state_dict(transformer).items()}
+
+
+def save_lora(transformer: torch.nn.Module, path: Path) -> None:
+    save_file(lora_state_dict(transformer), str(path))
+
+
+def load_lora(transformer: torch.nn.Module, path: Path) -> None:
+    """Load adapter weights saved by `save_lora` into an adapter attached with the same LoRA config."""
+    state = load_file(str(path))
+    result = set_peft_model_state_dict(transformer, state)
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
+        raise ValueError(f"{path}: LoRA weights do not match the adapter (unexpected keys, e.g. {unexpected[:3]})")

@@ -1,0 +1,81 @@
+"""The recipe's reward mixture: scorers from reward_zoo, their weights and budgets, and batch scoring."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+import reward_zoo
+from mogen.config import ConfigError, RewardConfig
+
+
+@dataclass
+class Scores:
+    """Raw scores of K objectives for B samples. `raw` is (K, B) float32 with NaN where a scorer failed."""
+
+    keys: list[str]
+    raw: torch.Tensor
+    failed: torch.Tensor  # (B,) bool: any objective failed on the sample
+
+    def failed_groups(self, group_ids: torch.Tensor) -> torch.Tensor:
+        """(B,) True for every sample whose prompt group holds a failed sample: its advantages are meaningless."""
+        bad_groups = torch.unique(group_ids[self.failed])
+        return torch.isin(group_ids, bad_groups)
+
+    def filled(self) -> torch.Tensor:
+        """Raw scores with failures set to 0 (their groups are dropped from the update anyway)."""
+        return torch.nan_to_num(self.raw, nan=0.0)
+
+    def summary(self, weights: torch.Tensor) -> dict[str, float]:
+        """reward/<key>: mean raw score over samples that scored; reward/total: the weighted sum of those means."""
+        means = torch.stack([row[~torch.isnan(row)].mean() if (~torch.isnan(row)).any() else row.new_tensor(float("nan")) for row in self.raw])
+        out = {f"reward/{k}": float(m) for k, m in zip(self.keys, means)}
+        out["reward/total"] = float((weights.to(means.device) * means).sum())
+        out["reward/failed_fraction"] = float(self.failed.float().mean())
+        return out
+
+
+@dataclass
+class Objectives:
+    keys: list[str]
+    scorers: list[reward_zoo.Scorer]
+    weights: torch.Tensor  # (K,)
+    kl_budgets: list[float | None]
+    max_ref_kls: list[float | None]
+
+    @classmethod
+    def build(cls, cfgs: list[RewardConfig], device: torch.device) -> Objectives:
+        """Load every scorer once; a bad name, argument or missing weight file is a ConfigError naming the entry."""
+        scorers = []
+        for i, cfg in enumerate(cfgs):
+            try:
+                scorers.append(reward_zoo.get(cfg.name, device=device, **cfg.kwargs))
+            except (reward_zoo.ScorerConfigError, reward_zoo.MissingWeightsError) as err:
+                raise ConfigError(f"rewards.{i} ({cfg.name}): {err}") from None
+        return cls(
+            keys=[c.key for c in cfgs],
+            scorers=scorers,
+            weights=torch.tensor([c.weight for c in cfgs], dtype=torch.float32),
+            kl_budgets=[c.kl_budget for c in cfgs],
+            max_ref_kls=[c.max_ref_kl for c in cfgs],
+        )
+
+    def deltas(self, default: float, mode: str) -> torch.Tensor:
+        """Per-objective DPPO thresholds; a single one (the algorithm's) when advantages are summed first."""
+        if mode == "sum_then_normalize":
+            return torch.tensor([default])
+        return torch.tensor([default if b is None else b for b in self.kl_budgets])
+
+    def loss_keys(self, mode: str) -> list[str]:
+        return ["total"] if mode == "sum_then_normalize" else list(self.keys)
+
+    def score(self, images: torch.Tensor, prompts: list[str]) -> Scores:
+        """Score every objective; scores of lower-is-better scorers are negated so that higher is better."""
+        rows, failed = [], torch.zeros(len(prompts), dtype=torch.bool, device=images.device)
+        for scorer in self.scorers:
+            result = scorer(images, prompts)
+            sign = 1.0 if scorer.higher_is_better else -1.0
+            rows.append(sign * result.scores.to(images.device))
+            failed |= result.failed.to(images.device)
+        return Scores(self.keys, torch.stack(rows), failed)

@@ -1,0 +1,60 @@
+"""Image grids a person looks at: fixed prompts, fixed seeds, ODE sampling, one row per prompt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from mogen.config import SamplerConfig
+from mogen.rollout import FlowPolicy
+from mogen.sampling import ode_step, timesteps
+
+FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+
+
+@torch.no_grad()
+def generate(
+    policy: FlowPolicy, prompts: list[str], num_steps: int, shift: float, generator: torch.Generator, device: torch.device
+) -> torch.Tensor:
+    """Deterministic ODE samples (B, 3, H, W) in [0, 1]: the same noise gives the same image."""
+    cond = policy.encode_prompts(prompts)
+    x = torch.randn((len(prompts), *policy.latent_shape), generator=generator, device=device, dtype=torch.float32)
+    times = timesteps(num_steps, shift, device=device)
+    for t, t_next in zip(times[:-1], times[1:]):
+        x = ode_step(policy.velocity(x, t.expand(len(prompts)), cond), x, t, t_next).prev_sample
+    return policy.decode(x).float().clamp(0, 1)
+
+
+def labelled_grid(images: torch.Tensor, labels: list[str], per_row: int, scale: int = 3) -> Image.Image:
+    """Rows of `per_row` images, each row labelled with its prompt on the left."""
+    pixels = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    h, w = pixels.shape[1] * scale, pixels.shape[2] * scale
+    rows = len(labels)
+    try:
+        font = ImageFont.truetype(FONT, 12)
+    except OSError:
+        font = ImageFont.load_default()
+    label_w = max(int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(label, font=font)) for label in labels) + 10
+    grid = Image.new("RGB", (label_w + per_row * (w + 2), rows * (h + 2)), "white")
+    draw = ImageDraw.Draw(grid)
+    for r, label in enumerate(labels):
+        draw.text((4, r * (h + 2) + h // 2 - 6), label, fill="black", font=font)
+        for c in range(per_row):
+            tile = Image.fromarray(pixels[r * per_row + c]).resize((w, h), Image.NEAREST)
+            grid.paste(tile, (label_w + c * (w + 2), r * (h + 2)))
+    return grid
+
+
+def save_sample_grid(
+    policy: FlowPolicy, prompts: list[str], path: Path, sampler: SamplerConfig, seed: int, per_prompt: int = 4
+) -> Path:
+    """Sample `per_prompt` images for each prompt with fixed seeds and save the labelled grid as PNG."""
+    device = next(policy.transformer.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    repeated = [p for p in prompts for _ in range(per_prompt)]
+    images = generate(policy, repeated, sampler.num_steps, sampler.shift, generator, device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    labelled_grid(images, prompts, per_prompt).save(path)
+    return path

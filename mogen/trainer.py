@@ -1,0 +1,166 @@
+"""`mogen align`: the online RL loop, as one linear recipe (setup -> train -> save -> cleanup).
+
+Each step: draw prompts -> roll out G samples per prompt (recording the trained steps) -> score every objective
+-> group-normalised advantages -> policy update (mogen.update) -> log, grid, checkpoint.
+
+Seed contract: every random draw of step N (prompts, trained steps, sampling noise, minibatch order) comes from
+generators seeded with (train.seed, N). A run is therefore reproducible from its recipe, and `--resume` from a
+checkpoint at step N continues exactly as the uninterrupted run would have (bit for bit on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
+from tqdm.auto import tqdm
+
+from mogen.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from mogen.config import Recipe, recipe_to_yaml
+from mogen.lora import adapter_disabled, attach_lora, save_lora
+from mogen.models import load_policy
+from mogen.objectives import compute_advantages, ref_kl_gate
+from mogen.prompts import PromptSource
+from mogen.rewards import Objectives
+from mogen.rollout import choose_trained_steps, collect_rollout
+from mogen.samples import save_sample_grid
+from mogen.update import UpdateInputs, policy_update
+
+
+@dataclass
+class StepGenerators:
+    numpy: np.random.Generator  # prompt draws
+    cpu: torch.Generator  # trained-step choice, minibatch order
+    device: torch.Generator  # sampling noise
+
+
+def step_generators(seed: int, step: int, device: torch.device) -> StepGenerators:
+    """Independent generators for step `step`, a pure function of (seed, step) (the seed contract)."""
+    cpu_seed, device_seed = np.random.SeedSequence([seed, step]).generate_state(2, dtype=np.uint64).tolist()
+    return StepGenerators(
+        numpy=np.random.default_rng([seed, step, 0]),
+        cpu=torch.Generator().manual_seed(cpu_seed),
+        device=torch.Generator(device=device).manual_seed(device_seed),
+    )
+
+
+class MetricsLog:
+    """metrics.jsonl (one JSON object per step) plus accelerate's trackers (TensorBoard, wandb if asked)."""
+
+    def __init__(self, path: Path, accelerator: Accelerator, resume_step: int):
+        self.path, self.accelerator = path, accelerator
+        if path.exists():  # drop lines past the checkpoint we resume from: they will be written again
+            lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
+            path.write_text("".join(line + "\n" for line in lines))
+
+    def write(self, metrics: dict[str, float]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        self.accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=int(metrics["step"]))
+
+
+def align(recipe: Recipe, resume: bool = False) -> Path:
+    """Run the recipe; returns the run directory. See the module docstring for the loop."""
+    run_dir = Path(recipe.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=recipe.train.mixed_precision,
+        log_with=recipe.train.log_with,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tb")),
+    )
+    device = accelerator.device
+
+    # --- setup -------------------------------------------------------------------------------------------
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoints = list_checkpoints(run_dir)
+    if checkpoints and not resume:
+        raise FileExistsError(f"{run_dir} already holds checkpoints: pass --resume to continue it, or choose another output_dir")
+    (run_dir / "config.yaml").write_text(recipe_to_yaml(recipe))
+    policy = load_policy(recipe.model, device=device)
+    trainable = attach_lora(policy.transformer, recipe.lora)
+    optimizer = torch.optim.AdamW(
+        trainable, lr=recipe.optim.lr, betas=recipe.optim.betas, eps=recipe.optim.eps, weight_decay=recipe.optim.weight_decay
+    )
+    policy.transformer, optimizer = accelerator.prepare(policy.transformer, optimizer)
+    objectives = Objectives.build(recipe.rewards, device=device)
+    prompts = PromptSource.build(recipe.prompts)
+    start_step = 0
+    if resume and checkpoints:
+        start_step = load_checkpoint(checkpoints[-1], accelerator.unwrap_model(policy.transformer), optimizer)["step"]
+        accelerator.print(f"resuming from {checkpoints[-1]} (step {start_step})")
+    accelerator.init_trackers("mogen")
+    log = MetricsLog(run_dir / "metrics.jsonl", accelerator, start_step)
+    transformer = accelerator.unwrap_model(policy.transformer)
+    sampler, rollout_cfg = recipe.sampler, recipe.rollout
+    deltas = objectives.deltas(recipe.algorithm.delta, recipe.advantage.mode).to(device)
+
+    # --- train -------------------------------------------------------------------------------------------
+    progress = tqdm(range(start_step, recipe.train.steps), initial=start_step, total=recipe.train.steps, desc="align")
+    for step in progress:
+        gens = step_generators(recipe.train.seed, step, device)
+        batch_prompts, group_ids = prompts.draw(rollout_cfg.prompts_per_batch, rollout_cfg.group_size, gens.numpy)
+
+        started = time.perf_counter()
+        policy.transformer.eval()
+        with accelerator.autocast():
+            rollout = collect_rollout(
+                policy, batch_prompts, torch.as_tensor(group_ids),
+                kind=sampler.kind, eta=sampler.eta, num_steps=sampler.num_steps, shift=sampler.shift,
+                trained_steps=choose_trained_steps(sampler.train_window, sampler.train_steps, gens.cpu),
+                generator=gens.device, device=device, base_policy=lambda: adapter_disabled(transformer),
+            )
+        rollout_s = time.perf_counter() - started
+
+        started = time.perf_counter()
+        scores = objectives.score(rollout.images, rollout.prompts)
+        reward_s = time.perf_counter() - started
+        keep = ~scores.failed_groups(rollout.group_ids)
+        if not bool(keep.all()):
+            warnings.warn(f"step {step}: dropping {int((~keep).sum())} samples whose group has a failed reward")
+
+        ref_kl = rollout.ref_kl().mean()
+        advantages = compute_advantages(
+            scores.filled(), objectives.weights.to(device), rollout.group_ids, recipe.advantage.mode,
+            recipe.advantage.std_floor, recipe.advantage.clip,
+        )
+        gates = torch.stack([ref_kl_gate(ref_kl, budget) for budget in objectives.max_ref_kls]).to(device)
+        weights = objectives.weights.to(device) * gates if recipe.advantage.mode == "per_objective" else torch.ones(1, device=device)
+        inputs = UpdateInputs(advantages, keep, weights, deltas, objectives.loss_keys(recipe.advantage.mode))
+
+        started = time.perf_counter()
+        policy.transformer.train()
+        update_stats = {}
+        if bool(keep.any()):
+            update_stats = policy_update(
+                policy, trainable, optimizer, accelerator, rollout, inputs, recipe.algorithm,
+                sampler.kind, sampler.eta, recipe.train.grad_clip, gens.cpu,
+            )
+        train_s = time.perf_counter() - started
+
+        metrics = {"step": step + 1, **scores.summary(objectives.weights), "kl/ref": float(ref_kl)}
+        metrics.update({f"gate/{k}": float(g) for k, g, b in zip(objectives.keys, gates, objectives.max_ref_kls) if b})
+        metrics.update({"kl/old_new": update_stats.pop("kl_after", 0.0), "mask_fraction": update_stats.pop("mask_fraction", 0.0)})
+        metrics.update({f"update/{k}": v for k, v in update_stats.items()})
+        metrics.update({"time/rollout_s": rollout_s, "time/reward_s": reward_s, "time/train_s": train_s})
+        log.write(metrics)
+        progress.set_postfix(reward=f"{metrics['reward/total']:.3f}", kl_ref=f"{ref_kl:.2e}", mask=f"{metrics['mask_fraction']:.2f}")
+
+        done = step + 1
+        if done % recipe.train.sample_every == 0 or done == recipe.train.steps:
+            save_sample_grid(policy, prompts.eval_prompts(), run_dir / "samples" / f"step-{done}.png", sampler, recipe.train.seed)
+        if done % recipe.train.checkpoint_every == 0 or done == recipe.train.steps:
+            save_checkpoint(run_dir, done, transformer, optimizer, recipe.train.keep_checkpoints)
+
+    # --- save --------------------------------------------------------------------------------------------
+    lora_dir = run_dir / "lora"
+    lora_dir.mkdir(exist_ok=True)
+    save_lora(transformer, lora_dir / "adapter.safetensors")
+    (lora_dir / "adapter_config.json").write_text(json.dumps(recipe.lora.model_dump(mode="json"), indent=2))
+    accelerator.end_training()
+    return run_dir
