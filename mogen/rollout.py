@@ -24,8 +24,19 @@ STEP_KERNELS: dict[str, Callable[..., StepOutput]] = {"sde": flow_sde_step, "cps
 
 
 class FlowPolicy(Protocol):
-    """What the trainer needs from a model adapter (tiny, sd3, flux). Conditioning tensors are batch-first."""
+    """What the trainer needs from a model adapter (tiny, sd3, flux).
 
+    transformer:    the diffusers transformer that LoRA is attached to (the only module that trains).
+    latent_shape:   (C, H, W) of one sample's latents (the noise the sampler starts from).
+    encode_prompts: conditioning for a list of prompts, a dict of batch-first tensors (under no_grad; text
+                    encoders are frozen). Adapters with classifier-free guidance include the negative prompt's
+                    embeddings in it.
+    velocity:       v(x_t, t) with t in [0, 1] as a (B,) tensor, guidance applied; differentiable w.r.t. the
+                    transformer's trainable parameters.
+    decode:         latents -> images (B, 3, H, W) in [0, 1].
+    """
+
+    transformer: torch.nn.Module
     latent_shape: tuple[int, ...]
 
     def encode_prompts(self, prompts: list[str]) -> Conditioning: ...
