@@ -7,6 +7,7 @@ an image against any prompt of the grammar from pixels alone.
 """
 
 from mogen.toyworld.render import render_batch, render_scene, sample_batch, save_grid
+from mogen.toyworld.verify import ATTRIBUTES, Component, find_objects, read_letter, verify, verify_array
 from mogen.toyworld.scenes import (
     COLORS,
     HELD_OUT,
@@ -30,6 +31,7 @@ from mogen.toyworld.scenes import (
 )
 
 __all__ = [
+    "ATTRIBUTES", "Component", "find_objects", "read_letter", "verify", "verify_array",
     "COLORS", "HELD_OUT", "KINDS", "LETTERS", "RELATIONS", "TASKS", "HeldOut", "Item", "ObjectSpec",
     "PromptSpec", "Scene", "enumerate_prompts", "format_prompt", "object_size", "parse_prompt",
     "render_batch", "render_scene", "sample_batch", "sample_scene", "sample_scenes", "save_grid",

@@ -46,7 +46,7 @@ from mogen.toyworld.scenes import COLORS, Item, PromptSpec, object_size, parse_p
 
 ATTRIBUTES = ("count", "color", "shape", "position", "text")
 _COLOR_NAMES = tuple(COLORS)
-FOREGROUND_THRESHOLD = 0.25  # max channel difference from the background, in [0, 1]
+FOREGROUND_THRESHOLD = 0.4  # max channel difference from the background; ~half the palette contrast, so blur keeps shapes
 MIN_SATURATION = 0.35
 MIN_VALUE = 0.35
 MAX_HUE_DISTANCE = 30.0  # degrees
