@@ -232,14 +232,14 @@ def apply_override(data: dict[str, Any], assignment: str) -> dict[str, Any]:
     return data
 
 
-def _format_validation_error(source: str, err: ValidationError) -> str:
-    """One line per problem: `file: field.path: message`."""
+def _format_validation_error(source: str, err: ValidationError, root: type[BaseModel] | None = None) -> str:
+    """One line per problem: `file: field.path: message`. `root` is the validated model (Recipe by default)."""
     lines = []
     for problem in err.errors():
         where = ".".join(str(p) for p in problem["loc"]) or "(top level)"
         if problem["type"] == "extra_forbidden":
             message = f"unknown field '{problem['loc'][-1]}'"
-            parent = _model_at(problem["loc"][:-1])
+            parent = _model_at(problem["loc"][:-1], root or Recipe)
             if parent is not None:
                 message += f"; allowed: {', '.join(parent.model_fields)}"
         else:
@@ -250,9 +250,9 @@ def _format_validation_error(source: str, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def _model_at(loc: tuple) -> type[BaseModel] | None:
-    """The pydantic model class at a location in the Recipe tree (for listing allowed fields)."""
-    model: Any = Recipe
+def _model_at(loc: tuple, root: type[BaseModel]) -> type[BaseModel] | None:
+    """The pydantic model class at a location in the `root` model's tree (for listing allowed fields)."""
+    model: Any = root
     for part in loc:
         if isinstance(part, int):
             continue

@@ -1,0 +1,184 @@
+"""`mogen eval`: evaluate the base and the aligned model on one suite, same seeds, and write the report.
+
+    out/report.json    every metric for base and aligned, the delta with a bootstrap 95% CI, seeds, versions
+    out/report.md      the metrics table, skipped probes, the figures
+    out/deltas.png     each metric's delta with its CI
+    out/grids/*.png    base | aligned image grids of each sampled probe (same prompts, same seeds)
+
+The delta's CI is a cluster bootstrap over prompts: samples of one prompt share its difficulty, so the
+prompts (not the samples) are resampled; each draw's delta is the mean over prompts of the per-prompt mean
+of (aligned - base), paired sample by sample (the same seed gives both models the same noise).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from mogen.config import LoraConfig, ModelConfig
+from mogen.evaluation.plots import plot_deltas
+from mogen.evaluation.probes import MetricValues, SuiteResult, per_group_means, run_suite
+from mogen.evaluation.suite import Suite, load_suite
+from mogen.lora import attach_lora, load_lora
+from mogen.samples import labelled_grid
+
+NUM_BOOTSTRAP = 2000
+PACKAGES = ("mogen", "torch", "diffusers", "transformers", "peft", "numpy")
+
+
+def bootstrap_delta(
+    base: MetricValues, aligned: MetricValues, num_samples: int = NUM_BOOTSTRAP, seed: int = 0, level: float = 0.95
+) -> dict[str, float]:
+    """delta = mean over prompts of mean(aligned - base), with a percentile cluster-bootstrap CI over prompts.
+
+    Units where either model has no value (NaN) are left out of both. With a single prompt, samples are
+    resampled instead. Deterministic given `seed`.
+    """
+    if not np.array_equal(base.groups, aligned.groups):
+        raise ValueError("base and aligned results must come from the same prompts and seeds")
+    diff = aligned.values - base.values
+    groups = base.groups
+    if not np.isfinite(diff).any():
+        return {"delta": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "num_prompts": 0}
+    if len(np.unique(groups[np.isfinite(diff)])) < 2:
+        groups = np.arange(len(diff))
+    per_prompt = per_group_means(diff, groups)
+    rng = np.random.default_rng(seed)
+    draws = per_prompt[rng.integers(0, len(per_prompt), size=(num_samples, len(per_prompt)))].mean(axis=1)
+    alpha = (1 - level) / 2
+    low, high = np.quantile(draws, [alpha, 1 - alpha])
+    return {"delta": float(per_prompt.mean()), "ci_low": float(low), "ci_high": float(high), "num_prompts": len(per_prompt)}
+
+
+def verdict(row: dict) -> str:
+    """'better' / 'worse' when the CI excludes 0 (in the metric's better direction), 'changed' for KL, else '~'."""
+    if not np.isfinite(row["delta"]) or row["ci_low"] <= 0 <= row["ci_high"]:
+        return "~"
+    if row["higher_is_better"] is None:
+        return "changed"
+    return "better" if (row["delta"] > 0) == row["higher_is_better"] else "worse"
+
+
+def compare(base: SuiteResult, aligned: SuiteResult, seed: int = 0) -> dict[str, dict]:
+    """Per metric: base and aligned means, the delta with its CI, the direction and the verdict."""
+    rows = {}
+    for key, base_values in base.metrics.items():
+        aligned_values = aligned.metrics[key]
+        row = {"base": base_values.mean(), "aligned": aligned_values.mean(), "higher_is_better": base_values.higher_is_better}
+        row.update(bootstrap_delta(base_values, aligned_values, seed=seed))
+        row["verdict"] = verdict(row)
+        rows[key] = row
+    return rows
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version(), "platform": platform.platform()}
+    for package in PACKAGES:
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def side_by_side(prompts: list[str], base: torch.Tensor, aligned: torch.Tensor, per_row: int) -> Image.Image:
+    """The base grid and the aligned grid next to each other, each under its title."""
+    left, right = labelled_grid(base, prompts, per_row), labelled_grid(aligned, prompts, per_row)
+    title_h, gap = 18, 16
+    canvas = Image.new("RGB", (left.width + gap + right.width, title_h + max(left.height, right.height)), "white")
+    canvas.paste(left, (0, title_h))
+    canvas.paste(right, (left.width + gap, title_h))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 2), "base", fill="black")
+    draw.text((left.width + gap + 4, 2), "aligned", fill="black")
+    return canvas
+
+
+def write_report(out: Path, suite: Suite, base: SuiteResult, aligned: SuiteResult, meta: dict) -> dict:
+    """Write report.json, report.md, deltas.png and the grids into `out`; returns the report dict."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = compare(base, aligned)
+    report = {
+        **meta,
+        "suite": suite.name,
+        "seeds": {p.name: p.sampler.seed for p in suite.probes},
+        "versions": versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "metrics": rows,
+        "notes": sorted(set(base.notes) | set(aligned.notes)),
+        "suite_config": suite.model_dump(mode="json"),
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2, allow_nan=True) + "\n")
+    figures = []
+    if rows:
+        plot_deltas(rows, out / "deltas.png")
+        figures.append(("Delta (aligned - base) with bootstrap 95% CI", "deltas.png"))
+    for probe in suite.probes:
+        if probe.name in base.grids:
+            prompts, base_images = base.grids[probe.name]
+            image = side_by_side(prompts, base_images, aligned.grids[probe.name][1], probe.sampler.images_per_prompt)
+            (out / "grids").mkdir(exist_ok=True)
+            image.save(out / "grids" / f"{probe.name}.png")
+            figures.append((f"{probe.name}: base | aligned (same seeds)", f"grids/{probe.name}.png"))
+    (out / "report.md").write_text(markdown(report, figures))
+    return report
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if not np.isfinite(value) else f"{value:.4g}"
+
+
+def markdown(report: dict, figures: list[tuple[str, str]]) -> str:
+    lines = [
+        f"# Forgetting report: suite `{report['suite']}`",
+        "",
+        f"- model: `{report['model']}`; LoRA: `{report['lora'] or 'none (base vs base)'}`",
+        f"- seeds per probe: {report['seeds']}; created {report['created']}",
+        f"- versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items() if k != 'platform')}",
+        "",
+        "| metric | better | base | aligned | delta | 95% CI | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, row in report["metrics"].items():
+        better = {True: "higher", False: "lower", None: "-"}[row["higher_is_better"]]
+        ci = f"[{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]"
+        lines.append(
+            f"| {key} | {better} | {_fmt(row['base'])} | {_fmt(row['aligned'])} | {_fmt(row['delta'])} | {ci} | {row['verdict']} |"
+        )
+    lines.append("")
+    lines.append("CI: cluster bootstrap over prompts (paired samples, same seeds). '~': the CI contains 0.")
+    if report["notes"]:
+        lines += ["", "## Skipped", ""] + [f"- {note}" for note in report["notes"]]
+    for title, path in figures:
+        lines += ["", f"## {title}", "", f"![{title}]({path})"]
+    return "\n".join(lines) + "\n"
+
+
+def evaluate(
+    suite_path: str | Path, model: str, family: str, lora: Path | None, out: Path, device: str | None = None
+) -> dict:
+    """Load the model (and the LoRA), run the suite as base and as aligned on the same seeds, write the report."""
+    from mogen.models import load_policy  # the model adapters import diffusers: only when evaluating
+
+    suite = load_suite(suite_path)
+    torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    policy = load_policy(ModelConfig(name=model, family=family), device=torch_device)
+    if lora is not None:
+        weights, config = lora / "adapter.safetensors", lora / "adapter_config.json"
+        for path in (weights, config):
+            if not path.is_file():
+                raise FileNotFoundError(f"--lora {lora}: {path.name} not found (expected a run's lora/ folder)")
+        attach_lora(policy.transformer, LoraConfig.model_validate_json(config.read_text()))
+        load_lora(policy.transformer, weights)
+        policy.transformer.to(torch_device)
+    base = run_suite(policy, suite, as_base=True)
+    aligned = run_suite(policy, suite) if lora is not None else base
+    meta = {"model": model, "lora": str(lora) if lora else None, "device": str(torch_device)}
+    return write_report(out, suite, base, aligned, meta)
