@@ -1,0 +1,138 @@
+"""FLUX.1 as a FlowPolicy: a FluxPipeline from a local folder, LoRA on its transformer.
+
+Conventions (checked against the pipeline's own sampling loop in tests/test_sd3_flux.py):
+    flow time t in [0, 1] is FLUX's sigma and is passed to the transformer as is (the pipeline's timestep / 1000;
+    the transformer multiplies by 1000 inside);
+    no classifier-free guidance pass: FLUX.1-dev is guidance-distilled and takes the scale as an embedding
+    (the `guidance` vector); FLUX.1-schnell (guidance_embeds=False) takes none;
+    `latent_shape` is the unpacked (C, H, W): the sampler, the rollout and the KL see ordinary latents, and
+    `velocity` packs them into FLUX's sequence of 2x2 patches (B, H/2 * W/2, 4C) and unpacks the output.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import FluxPipeline
+
+from mogen.config import ConfigError
+from mogen.models.common import check_pipeline_folder, check_prompts, freeze, latent_size, on_device, schedule_shift
+from mogen.rollout import Conditioning
+
+
+class FluxPolicy:
+    """The FlowPolicy of a FLUX.1 pipeline. Only `transformer` trains; everything else is frozen."""
+
+    def __init__(
+        self,
+        pipeline: FluxPipeline,
+        device: torch.device | str,
+        guidance_scale: float = 3.5,
+        resolution: int | None = None,
+        max_sequence_length: int = 512,
+        offload: bool = False,
+    ):
+        self.pipeline = pipeline
+        self.transformer: torch.nn.Module = pipeline.transformer
+        self.vae = pipeline.vae
+        self.text_encoders = [e for e in (pipeline.text_encoder, pipeline.text_encoder_2) if e is not None]
+        self.device = torch.device(device)
+        self.dtype = pipeline.transformer.dtype  # read once: the trainer may wrap the transformer (DDP) later
+        self.guidance_scale = guidance_scale
+        self.guidance_embeds = bool(pipeline.transformer.config.guidance_embeds)
+        self.max_sequence_length = max_sequence_length
+        self.offload = offload
+        self.vae_scale_factor = pipeline.vae_scale_factor
+        resolution = resolution or pipeline.default_sample_size * pipeline.vae_scale_factor
+        size = latent_size(resolution, pipeline.vae_scale_factor, 2)  # 2x2 packing needs even latent sides
+        self.latent_shape: tuple[int, int, int] = (pipeline.transformer.config.in_channels // 4, size, size)
+        self.scaling_factor = self.vae.config.scaling_factor
+        self.shift_factor = self.vae.config.shift_factor or 0.0
+        # positions (0, row, col) of the packed patches; the same for every sample, so computed once
+        self.image_ids = pipeline._prepare_latent_image_ids(1, size // 2, size // 2, self.device, self.dtype)
+
+        freeze([self.transformer, self.vae, *self.text_encoders])
+        self.transformer.to(self.device)
+        for module in [self.vae, *self.text_encoders]:
+            module.to("cpu" if offload else self.device)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        guidance_scale: float = 3.5,
+        *,
+        resolution: int | None = None,
+        max_sequence_length: int = 512,
+        offload: bool = False,
+    ) -> FluxPolicy:
+        """Load a local FluxPipeline folder (no hub access) in `dtype` onto `device`.
+
+        guidance_scale: the distilled guidance embedding's value (FLUX.1-dev: 3.5); ignored by FLUX.1-schnell.
+        resolution: image side in pixels (default: the pipeline's default, 1024).
+        max_sequence_length: T5 tokens (512 for FLUX.1-dev, 256 for schnell).
+        offload: keep the text encoders and the VAE on the CPU, moving them to `device` only while they run.
+        """
+        folder = check_pipeline_folder(path, "flux", "FluxTransformer2DModel")
+        try:
+            pipeline = FluxPipeline.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
+        except (OSError, ValueError, TypeError) as err:
+            raise ConfigError(f"{folder}: cannot load it as a FluxPipeline: {str(err).splitlines()[0]}") from None
+        pipeline.set_progress_bar_config(disable=True)
+        return cls(pipeline, device, guidance_scale, resolution, max_sequence_length, offload)
+
+    @property
+    def schedule_shift(self) -> float:
+        """The `sampler.shift` that reproduces the pipeline's own schedule at this resolution (3.16 at 1024 px)."""
+        _, h, w = self.latent_shape
+        return schedule_shift(self.pipeline.scheduler.config, (h // 2) * (w // 2))
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> Conditioning:
+        """CLIP's pooled embedding and T5's token embeddings through the pipeline's own encode_prompt, batch-first.
+
+        prompt_embeds (B, max_sequence_length, D_t5), pooled_prompt_embeds (B, D_clip). FLUX's text ids are all
+        zeros and the same for every sample, so `velocity` builds them instead of carrying them per sample.
+        """
+        prompts = check_prompts(prompts)
+        with on_device(self.text_encoders, self.device, self.offload):
+            embeds, pooled, _ = self.pipeline.encode_prompt(
+                prompt=prompts, prompt_2=None, device=self.device, max_sequence_length=self.max_sequence_length
+            )
+        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+
+    def pack(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, H/2 * W/2, 4C), FLUX's token sequence of 2x2 latent patches."""
+        b, c, h, w = latents.shape
+        return self.pipeline._pack_latents(latents, b, c, h, w)
+
+    def unpack(self, packed: torch.Tensor) -> torch.Tensor:
+        """The inverse of `pack`, back to (B, C, H, W)."""
+        _, h, w = self.latent_shape
+        return self.pipeline._unpack_latents(packed, h * self.vae_scale_factor, w * self.vae_scale_factor, self.vae_scale_factor)
+
+    def velocity(self, latents: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """v(x_t, t) on unpacked latents, float32."""
+        embeds = cond["prompt_embeds"]
+        guidance = torch.full_like(t, self.guidance_scale, dtype=torch.float32) if self.guidance_embeds else None
+        out = self.transformer(
+            hidden_states=self.pack(latents.to(self.dtype)),
+            timestep=t.to(self.dtype),  # FLUX takes sigma itself (the pipeline passes timestep / 1000)
+            guidance=guidance,
+            pooled_projections=cond["pooled_prompt_embeds"].to(self.dtype),
+            encoder_hidden_states=embeds.to(self.dtype),
+            txt_ids=torch.zeros(embeds.shape[1], 3, device=embeds.device, dtype=self.dtype),
+            img_ids=self.image_ids,
+            return_dict=False,
+        )[0]
+        return self.unpack(out).float()
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalized, unpacked latents (B, C, H, W) -> images (B, 3, H*f, W*f) in [0, 1], float32."""
+        with on_device([self.vae], self.device, self.offload):
+            z = latents.to(self.device, self.vae.dtype) / self.scaling_factor + self.shift_factor
+            images = self.vae.decode(z, return_dict=False)[0]
+        return (images.float() / 2 + 0.5).clamp(0, 1)
