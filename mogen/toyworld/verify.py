@@ -13,7 +13,7 @@ held-out and user-written ones. Per image:
   top half (top/bottom row mass ~0.3 vs 1.0) and fills ~0.5 of its bbox; a square fills ~1.0, a
   circle ~0.78 (pi/4).
 - text: real OCR (tesseract, single-character page segmentation) on the contrast-normalised,
-  4x-upscaled max-channel image; the background colour is the majority pixel colour.
+  upscaled (to 128 px) max-channel image; the background colour is the majority pixel colour.
 
 Scores, each in [0, 1], NaN where the attribute does not apply to the prompt:
 
@@ -50,6 +50,7 @@ FOREGROUND_THRESHOLD = 0.4  # max channel difference from the background; ~half 
 MIN_SATURATION = 0.35
 MIN_VALUE = 0.35
 MAX_HUE_DISTANCE = 30.0  # degrees
+OCR_SIDE = 128  # px the image is upscaled to before OCR
 
 
 @dataclass(frozen=True)
@@ -145,15 +146,15 @@ def read_letter(image: np.ndarray) -> str:
 
     The max channel makes every palette background bright and the black letter dark; dividing by
     its 90th percentile makes the background white whatever its hue (green is darker than yellow),
-    and 4x upscaling brings the glyph to the size tesseract's recogniser is trained on.
+    and bicubic upscaling to OCR_SIDE px brings the glyph (~0.6 of the side) to a height that
+    tesseract's recogniser reads reliably (measured: 0/312 errors at 32x32, LANCZOS had 4).
     """
     value = image.max(-1)
     value = np.clip(value / max(float(np.percentile(value, 90)), 1e-3), 0.0, 1.0)
-    size = value.shape[0]
     gray = Image.fromarray((value * 255).round().astype(np.uint8))
-    gray = gray.resize((4 * size, 4 * size), Image.LANCZOS)
-    padded = Image.new("L", (6 * size, 6 * size), 255)
-    padded.paste(gray, (size, size))
+    gray = gray.resize((OCR_SIDE, OCR_SIDE), Image.BICUBIC)
+    padded = Image.new("L", (OCR_SIDE * 3 // 2, OCR_SIDE * 3 // 2), 255)
+    padded.paste(gray, (OCR_SIDE // 4, OCR_SIDE // 4))
     raw = pytesseract.image_to_string(padded, config="--psm 10")
     text = "".join(raw.split()).translate(_OCR_CONFUSIONS).upper()
     return "".join(ch for ch, _ in itertools.groupby(text))  # LSTM single-char mode may repeat a glyph
