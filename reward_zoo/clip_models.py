@@ -110,8 +110,10 @@ def load_open_clip(scorer: str, model_name: str, checkpoint: str, how: str):
         model = open_clip.create_model(architecture, pretrained=None, force_quick_gelu=quick_gelu, pretrained_text=False)
     try:
         open_clip.load_checkpoint(model, path, strict=True, weights_only=True)
-    except RuntimeError as error:
-        raise ScorerConfigError(f"reward '{scorer}': {path} does not fit open_clip {architecture}: {error}") from error
+    except Exception as error:  # shape asserts, missing keys, unreadable files: all mean "wrong checkpoint"
+        raise ScorerConfigError(
+            f"reward '{scorer}': {path} does not fit open_clip {architecture}: {type(error).__name__}: {error}"
+        ) from error
     model.eval().requires_grad_(False)
     return model, open_clip.get_tokenizer(architecture), open_clip.get_model_preprocess_cfg(model)
 
