@@ -10,6 +10,7 @@ from here.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -19,7 +20,7 @@ import torch
 from mogen.losses import gaussian_kl
 from mogen.sampling import StepOutput, cps_step, flow_sde_step, ode_step, timesteps
 
-Conditioning = dict[str, torch.Tensor]
+Conditioning = Any  # a dict or a dataclass of batch-first tensors, whatever the adapter's velocity takes
 STEP_KERNELS: dict[str, Callable[..., StepOutput]] = {"sde": flow_sde_step, "cps": cps_step}
 
 
@@ -28,7 +29,7 @@ class FlowPolicy(Protocol):
 
     transformer:    the diffusers transformer that LoRA is attached to (the only module that trains).
     latent_shape:   (C, H, W) of one sample's latents (the noise the sampler starts from).
-    encode_prompts: conditioning for a list of prompts, a dict of batch-first tensors (under no_grad; text
+    encode_prompts: conditioning for a list of prompts, a dict or dataclass of batch-first tensors (under no_grad; text
                     encoders are frozen). Adapters with classifier-free guidance include the negative prompt's
                     embeddings in it.
     velocity:       v(x_t, t) with t in [0, 1] as a (B,) tensor, guidance applied; differentiable w.r.t. the
@@ -47,8 +48,10 @@ class FlowPolicy(Protocol):
 
 
 def index_cond(cond: Conditioning, index: torch.Tensor | slice) -> Conditioning:
-    """The conditioning of a subset of samples."""
-    return {key: value[index] for key, value in cond.items()}
+    """The conditioning of a subset of samples (every tensor of the dict or dataclass indexed on dim 0)."""
+    if isinstance(cond, dict):
+        return {key: value[index] for key, value in cond.items()}
+    return dataclasses.replace(cond, **{f.name: getattr(cond, f.name)[index] for f in dataclasses.fields(cond)})
 
 
 @dataclass

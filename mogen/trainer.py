@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from mogen.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from mogen.config import Recipe, recipe_to_yaml
 from mogen.lora import adapter_disabled, attach_lora, save_lora
-from mogen.models import load_policy
+from mogen.models.loading import load_policy
 from mogen.objectives import compute_advantages, ref_kl_gate
 from mogen.prompts import PromptSource
 from mogen.rewards import Objectives
@@ -71,7 +71,7 @@ def align(recipe: Recipe, resume: bool = False) -> Path:
     run_dir = Path(recipe.output_dir)
     accelerator = Accelerator(
         mixed_precision=recipe.train.mixed_precision,
-        log_with=recipe.train.log_with,
+        log_with=recipe.train.log_with or None,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tb")),
     )
     device = accelerator.device
@@ -82,7 +82,8 @@ def align(recipe: Recipe, resume: bool = False) -> Path:
     if checkpoints and not resume:
         raise FileExistsError(f"{run_dir} already holds checkpoints: pass --resume to continue it, or choose another output_dir")
     (run_dir / "config.yaml").write_text(recipe_to_yaml(recipe))
-    policy = load_policy(recipe.model, device=device)
+    set_seed(recipe.train.seed)  # LoRA's initial A matrices come from the global RNG
+    policy = load_policy(recipe.model, device=device, guidance_scale=recipe.sampler.guidance_scale)
     trainable = attach_lora(policy.transformer, recipe.lora)
     optimizer = torch.optim.AdamW(
         trainable, lr=recipe.optim.lr, betas=recipe.optim.betas, eps=recipe.optim.eps, weight_decay=recipe.optim.weight_decay
