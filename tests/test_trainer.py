@@ -123,3 +123,28 @@ def test_dry_run_prints_resolved_recipe(tmp_path: Path, tiny_model_dir: Path) ->
     assert result.exit_code == 0, result.output
     assert yaml.safe_load(result.stdout)["rollout"]["group_size"] == 6
     assert not (tmp_path / "run").exists()
+
+
+def test_groups_with_failed_rewards_are_dropped_with_a_warning(tmp_path: Path, tiny_model_dir: Path, monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "reward_plugin"))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("two red circles\na blue square\n")
+    path = _recipe_file(tmp_path, tiny_model_dir, prompts={"source": "file", "path": str(prompts)})
+    recipe = load_recipe(path, ["rewards=[{name: fails_on_word, kwargs: {word: red}}]", "train.steps=1"])
+    with pytest.warns(UserWarning, match="dropping 4 samples whose group has a failed reward"):
+        run = align(recipe)
+    (metrics,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert metrics["reward/failed_fraction"] == 0.5
+    assert metrics["reward/fails_on_word"] == metrics["reward/fails_on_word"]  # the mean over scored samples is not NaN
+
+
+def test_every_group_failing_skips_the_update(tmp_path: Path, tiny_model_dir: Path, monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "reward_plugin"))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("two red circles\n")
+    path = _recipe_file(tmp_path, tiny_model_dir, prompts={"source": "file", "path": str(prompts)})
+    recipe = load_recipe(path, ["rewards=[{name: fails_on_word, kwargs: {word: red}}]", "train.steps=1"])
+    with pytest.warns(UserWarning, match="dropping 8 samples"):
+        run = align(recipe)
+    weights = load_file(str(run / "lora" / "adapter.safetensors"))
+    assert all((v == 0).all() for k, v in weights.items() if "lora_B" in k)  # no update happened

@@ -24,3 +24,19 @@ class MeanBrightness(Scorer):
 
 
 NOT_A_SCORER = object()
+
+
+class FailsOnWord(Scorer):
+    """Vivid-like score that is NaN for prompts containing `word`: a reward that fails on some samples."""
+
+    name = "fails_on_word"
+    description = "NaN for prompts containing a word, else mean brightness (test plugin)"
+
+    def __init__(self, word: str = "red", batch_size: int | None = None):
+        super().__init__(batch_size)
+        self.word = word
+
+    def score(self, images, prompts, metadata):
+        scores = images.float().mean(dim=(1, 2, 3))
+        failing = torch.tensor([self.word in p.split() for p in prompts], device=images.device)
+        return torch.where(failing, torch.full_like(scores, float("nan")), scores)
