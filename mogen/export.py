@@ -1,0 +1,119 @@
+"""Export a trained LoRA so that diffusers loads it as is: `pipeline.load_lora_weights(out_dir)`.
+
+A diffusers LoRA file is the peft state dict of the transformer's adapter with every key prefixed by the component
+("transformer.transformer_blocks.0.attn.to_q.lora_A.weight"), plus the peft LoraConfig in the safetensors metadata.
+The metadata matters: without it diffusers assumes lora_alpha = rank, so an adapter trained with alpha/rank = 2
+(mogen's default, rank 32 / alpha 64) would load at half strength. The pipelines' own `save_lora_weights` writes
+both, the way diffusers' DreamBooth LoRA scripts do.
+
+The tiny built-in model's transformer is an SD3Transformer2DModel, so its LoRA is exported in the SD3 format
+(load it with `StableDiffusion3Pipeline.load_lora_weights`, or into the transformer alone with
+`transformer.load_lora_adapter(out_dir, prefix="transformer", use_safetensors=True)`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import typer
+import yaml
+from diffusers import FluxPipeline, FluxTransformer2DModel, SD3Transformer2DModel, StableDiffusion3Pipeline
+from peft import LoraConfig as PeftLoraConfig
+from pydantic import ValidationError
+from safetensors.torch import load_file
+
+from mogen.config import ConfigError, LoraConfig, ModelConfig
+from mogen.lora import lora_state_dict
+
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # the file name load_lora_weights looks for by default
+FORMATS: dict[str, tuple[type, type]] = {  # family -> (pipeline that saves/loads the LoRA, transformer class)
+    "sd3": (StableDiffusion3Pipeline, SD3Transformer2DModel),
+    "tiny": (StableDiffusion3Pipeline, SD3Transformer2DModel),
+    "flux": (FluxPipeline, FluxTransformer2DModel),
+}
+
+
+def _format(family: str) -> tuple[type, type]:
+    if family not in FORMATS:
+        raise ConfigError(f"model.family {family!r} has no LoRA export format; known: {', '.join(FORMATS)}")
+    return FORMATS[family]
+
+
+def save_diffusers_lora(state: dict[str, torch.Tensor], peft_config: dict[str, Any], family: str, out_dir: str | Path) -> Path:
+    """Write a peft state dict (keys without the adapter name) and its peft LoraConfig as a diffusers LoRA folder."""
+    pipeline_class, _ = _format(family)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pipeline_class.save_lora_weights(
+        out, transformer_lora_layers=state, transformer_lora_adapter_metadata=peft_config, weight_name=LORA_WEIGHT_NAME
+    )
+    return out / LORA_WEIGHT_NAME
+
+
+def export_lora(transformer: torch.nn.Module, family: str, out_dir: str | Path) -> Path:
+    """Export the LoRA adapter attached to `transformer` (by mogen.lora.attach_lora) for `family`'s pipeline."""
+    _, transformer_class = _format(family)
+    if not isinstance(transformer, transformer_class):
+        raise ValueError(f"model.family {family!r} exports a {transformer_class.__name__}, got a {type(transformer).__name__}")
+    configs = getattr(transformer, "peft_config", None)
+    if not configs:
+        raise ValueError(f"the {type(transformer).__name__} has no LoRA adapter to export (attach one with mogen.lora.attach_lora)")
+    if len(configs) != 1:
+        raise ValueError(f"expected one LoRA adapter, found {sorted(configs)}")
+    (peft_config,) = configs.values()
+    return save_diffusers_lora(lora_state_dict(transformer), peft_config.to_dict(), family, out_dir)
+
+
+def _read_run_config(run: Path) -> tuple[ModelConfig, LoraConfig]:
+    """The model and lora sections of the run's resolved recipe (config.yaml)."""
+    path = run / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: --run must be a run directory written by `mogen align`")
+    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        return ModelConfig.model_validate(data.get("model", {})), LoraConfig.model_validate(data.get("lora", {}))
+    except ValidationError as err:
+        problem = err.errors()[0]
+        where = ".".join(str(p) for p in problem["loc"])
+        raise ConfigError(f"{path}: model/lora section: {where}: {problem['msg']}") from None
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, step: int | None = None) -> Path:
+    """Export a run's final LoRA (`<run>/lora/adapter.safetensors`) or, with `step`, the checkpoint of that step.
+
+    Needs no model weights: the family and the LoRA rank/alpha come from the run's config.yaml, and the adapted
+    modules from the state dict's keys.
+    """
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise FileNotFoundError(f"{run}: run directory not found")
+    model, lora = _read_run_config(run)
+    if step is None:
+        weights = run / "lora" / "adapter.safetensors"
+        hint = "the run has not finished: pass --step N to export checkpoints/step-N"
+    else:
+        weights = run / "checkpoints" / f"step-{step}" / "lora.safetensors"
+        hint = "list the run's checkpoints/ for the steps that were kept"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} not found ({hint})")
+    state = load_file(str(weights))
+    targets = sorted({key.split(".lora_")[0] for key in state})
+    if not targets:
+        raise ConfigError(f"{weights}: holds no LoRA weights (no '.lora_A'/'.lora_B' keys)")
+    peft_config = PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets)
+    return save_diffusers_lora(state, peft_config.to_dict(), model.family, out_dir)
+
+
+def export_command(
+    run: Path = typer.Option(..., "--run", help="A run directory written by `mogen align`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write pytorch_lora_weights.safetensors into."),
+    step: int | None = typer.Option(None, "--step", help="Export checkpoints/step-N instead of the final LoRA."),
+) -> None:
+    """Export a run's LoRA in the diffusers format: `pipeline.load_lora_weights(OUT)` loads it as is."""
+    from mogen.cli import user_errors
+
+    with user_errors():
+        path = export_run(run, out, step)
+    typer.echo(f"wrote {path}: load it with pipeline.load_lora_weights({str(out)!r})")
