@@ -70,3 +70,7 @@ def align(
 from reward_zoo.cli import app as rewards_app  # noqa: E402  (the `mogen rewards` command group)
 
 app.add_typer(rewards_app, name="rewards")
+
+from mogen.export import export_command  # noqa: E402  (`mogen export`: a run's LoRA in the diffusers format)
+
+app.command("export")(export_command)
