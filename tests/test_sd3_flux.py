@@ -60,6 +60,18 @@ def ode_latents(policy, noise: torch.Tensor, num_steps: int, shift: float) -> to
     return x
 
 
+def run_pipeline(pipe, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pipeline's images in [0, 1] and its final latents (read by a step-end callback) from one call."""
+    final = {}
+
+    def keep_latents(pipeline, step, timestep, tensors):
+        final["latents"] = tensors["latents"]
+        return tensors
+
+    images = pipe(**kwargs, output_type="pt", callback_on_step_end=keep_latents).images
+    return images, final["latents"]
+
+
 def test_sd3_loads_with_frozen_encoders_and_generates_images(sd3_folder):
     policy = load_sd3(sd3_folder, guidance_scale=4.0)
     assert policy.latent_shape == (LATENT_CHANNELS, IMAGE_SIZE // 2, IMAGE_SIZE // 2)
@@ -117,9 +129,8 @@ def test_sd3_sampling_reproduces_the_pipeline(sd3_folder):
     noise = torch.randn(2, *policy.latent_shape, generator=torch.Generator().manual_seed(3))
     run = dict(prompt=PROMPTS, sigmas=torch.linspace(1, 1 / num_steps, num_steps).tolist(), height=IMAGE_SIZE,
                width=IMAGE_SIZE, latents=noise, guidance_scale=3.5, max_sequence_length=T5_LENGTH)
-    expected_latents = pipe(**run, output_type="latent").images
+    expected_images, expected_latents = run_pipeline(pipe, run)
     torch.testing.assert_close(ode_latents(policy, noise, num_steps, shift=3.0), expected_latents, rtol=1e-5, atol=1e-5)
-    expected_images = pipe(**run, output_type="pt").images
     images = generate(policy, PROMPTS, num_steps, 3.0, torch.Generator().manual_seed(3), CPU)
     torch.testing.assert_close(images, expected_images, rtol=1e-5, atol=1e-5)
 
@@ -142,13 +153,14 @@ def test_flux_sampling_reproduces_the_pipeline(tmp_path, guidance_embeds):
     num_steps = 3
     run = dict(prompt=PROMPTS, num_inference_steps=num_steps, height=IMAGE_SIZE, width=IMAGE_SIZE,
                latents=policy.pack(noise), guidance_scale=3.5, max_sequence_length=T5_LENGTH)
-    expected_latents = policy.unpack(pipe(**run, output_type="latent").images)
+    expected_images, packed_latents = run_pipeline(pipe, run)
+    expected_latents = policy.unpack(packed_latents)
     shift = policy.schedule_shift  # e^mu, mu = calculate_shift(64 image tokens) = 0.4675
     assert shift == pytest.approx(1.596, abs=1e-3)
     torch.testing.assert_close(ode_latents(policy, noise, num_steps, shift), expected_latents, rtol=1e-5, atol=1e-5)
     images = generate(policy, PROMPTS, num_steps, shift, torch.Generator().manual_seed(4), CPU)
     assert images.shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE) and images.min() >= 0 and images.max() <= 1
-    torch.testing.assert_close(images, pipe(**run, output_type="pt").images, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(images, expected_images, rtol=1e-5, atol=1e-5)
 
     x, t = noise, torch.tensor([0.8, 0.4])
     with torch.no_grad():
