@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -104,7 +105,7 @@ class Scene:
     objects: tuple[ObjectSpec, ...] = ()
     letter_offset: tuple[int, int] = (0, 0)  # text scenes: letter centre shift from image centre
     background_rgb: tuple[int, int, int] = BACKGROUND_RGB
-    split: str = field(default="train")
+    split: str = "train"  # which split the prompt belongs to (`split_of`)
 
 
 def object_size(size: int) -> int:
@@ -303,11 +304,6 @@ def sample_scenes(
     return [sample_scene(rng, split, tasks[int(rng.integers(len(tasks)))], size) for _ in range(n)]
 
 
-_PROMPT_CACHE: dict[tuple[str, str], list[str]] = {}
-
-
-def _prompts_cached(split: str, task: str) -> list[str]:
-    key = (split, task)
-    if key not in _PROMPT_CACHE:
-        _PROMPT_CACHE[key] = enumerate_prompts(split, task)
-    return _PROMPT_CACHE[key]
+@lru_cache(maxsize=None)
+def _prompts_cached(split: str, task: str) -> tuple[str, ...]:
+    return tuple(enumerate_prompts(split, task))
