@@ -98,6 +98,10 @@ def test_sampling_is_deterministic_under_a_seed():
     prompts_c, images_c = sample_batch(32, 8)
     assert prompts_c != prompts_a and not torch.equal(images_c, images_a)
     assert enumerate_prompts("train") == enumerate_prompts("train")
+    stream_a, stream_b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    first_a, first_b = sample_batch(8, stream_a), sample_batch(8, stream_b)
+    assert first_a[0] == first_b[0] and torch.equal(first_a[1], first_b[1])
+    assert sample_batch(8, stream_a)[0] != first_a[0]  # the stream advances
     assert images_a.shape == (32, 3, 32, 32) and images_a.dtype == torch.float32
     assert 0.0 <= images_a.min() and images_a.max() <= 1.0
 

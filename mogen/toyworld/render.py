@@ -65,7 +65,7 @@ def render_batch(scenes: list[Scene], device: torch.device | str | None = None) 
 
 def sample_batch(
     batch_size: int,
-    rng: np.random.Generator | int,
+    rng: np.random.Generator | torch.Generator | int,
     split: str = "train",
     tasks: tuple[str, ...] | None = None,
     size: int = 32,
@@ -73,10 +73,13 @@ def sample_batch(
 ) -> tuple[list[str], torch.Tensor]:
     """(prompts, images) for training: images float32 (B, 3, size, size) in [0, 1].
 
-    Deterministic given the seed / numpy Generator state; pass the same Generator across calls to
-    stream fresh batches.
+    Deterministic given the seed or the generator's state; pass the same numpy or torch Generator
+    across calls to stream fresh batches (a torch Generator is advanced by one draw per batch).
     """
-    rng = np.random.default_rng(rng) if isinstance(rng, int) else rng
+    if isinstance(rng, torch.Generator):
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=rng)))
+    elif isinstance(rng, int):
+        rng = np.random.default_rng(rng)
     scenes = sample_scenes(batch_size, rng, split=split, tasks=tasks, size=size)
     return [s.prompt for s in scenes], render_batch(scenes, device)
 
