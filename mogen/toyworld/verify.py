@@ -7,8 +7,8 @@ held-out and user-written ones. Per image:
   components below `min_area` are specks and ignored; a component larger than 1.5x the nominal
   object side is "junk" (merged objects, paint) and counts against `count`.
 - colour of a component: each pixel is classified to the nearest palette hue (saturation and value
-  >= 0.35, hue within 30 degrees, else no colour); the majority class if it covers >= half the
-  component, else no colour.
+  >= 0.35, hue within 30 degrees, else no colour); the component's colour is the majority among its
+  coloured pixels if it has >= half of their votes and they cover >= a quarter of the component.
 - shape of a component (the shapes are drawn upright): an upward triangle has little mass in its
   top half (top/bottom row mass ~0.3 vs 1.0) and fills ~0.5 of its bbox; a square fills ~1.0, a
   circle ~0.78 (pi/4).
@@ -129,7 +129,9 @@ def find_objects(image: np.ndarray, min_area: int | None = None) -> tuple[list[C
             continue
         mask = labels[slices] == index
         votes = np.bincount(pixel_colors[slices][mask] + 1, minlength=len(COLORS) + 1)[1:]
-        color = _COLOR_NAMES[int(votes.argmax())] if votes.max() >= 0.5 * area else None
+        # Blurred or decoded objects have dark/pale rims: vote among the pixels that have a colour.
+        decided = votes.max() >= 0.5 * votes.sum() and votes.sum() >= 0.25 * area
+        color = _COLOR_NAMES[int(votes.argmax())] if decided else None
         yy, xx = np.nonzero(mask)
         centroid = (float(xx.mean() + xs.start), float(yy.mean() + ys.start))
         bbox = (xs.start, ys.start, xs.stop, ys.stop)
