@@ -74,3 +74,8 @@ app.add_typer(rewards_app, name="rewards")
 from mogen.export import export_command  # noqa: E402  (`mogen export`: a run's LoRA in the diffusers format)
 
 app.command("export")(export_command)
+
+from mogen.evaluation.cli import eval_command, report_command  # noqa: E402  (`mogen eval`, `mogen report`)
+
+app.command("eval")(eval_command)
+app.command("report")(report_command)

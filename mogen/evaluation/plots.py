@@ -31,8 +31,8 @@ def plot_deltas(rows: dict[str, dict], path: Path) -> Path:
         if np.isfinite(row["delta"]):
             err = [[row["delta"] - row["ci_low"]], [row["ci_high"] - row["delta"]]]
             ax.errorbar([row["delta"]], [0], xerr=err, fmt="o", color=colors[row["verdict"]], capsize=4)
-        span = max(abs(row["ci_low"]), abs(row["ci_high"]), abs(row["delta"]), 1e-12) if np.isfinite(row["delta"]) else 1.0
-        ax.set_xlim(-1.3 * span, 1.3 * span)
+        span = max(abs(row["ci_low"]), abs(row["ci_high"]), abs(row["delta"])) if np.isfinite(row["delta"]) else 0.0
+        ax.set_xlim(-1.3 * span, 1.3 * span) if span > 0 else ax.set_xlim(-1, 1)  # exactly 0: a plain axis
         ax.axvline(0, color="black", lw=0.8)
         ax.set_yticks([])
         better = {True: "higher is better", False: "lower is better", None: "distance"}[row["higher_is_better"]]

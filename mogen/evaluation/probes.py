@@ -233,9 +233,10 @@ def _run_probe(policy, probe: Probe, suite: Suite, reference: ContextFactory, re
     if cache_key not in samples:
         samples[cache_key] = sample_images(policy, repeated, probe.sampler)
     images = samples[cache_key]
-    if with_grids and suite.grid_prompts:
-        shown = min(suite.grid_prompts, len(prompts))
-        result.grids[probe.name] = (prompts[:shown], images[: shown * probe.sampler.images_per_prompt].cpu())
+    if with_grids and suite.grid_prompts:  # prompts evenly spread over the probe's list, all their images
+        shown = np.unique(np.linspace(0, len(prompts) - 1, min(suite.grid_prompts, len(prompts))).round().astype(int))
+        rows = torch.as_tensor(np.isin(groups, shown), device=images.device)
+        result.grids[probe.name] = ([prompts[i] for i in shown], images[rows].cpu())
     if probe.kind == "diversity":
         n = probe.sampler.images_per_prompt
         values = np.array([pairwise_distance(images[i * n : (i + 1) * n]) for i in range(len(prompts))])

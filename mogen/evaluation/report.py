@@ -20,14 +20,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from mogen.config import LoraConfig, ModelConfig
 from mogen.evaluation.plots import plot_deltas
 from mogen.evaluation.probes import MetricValues, SuiteResult, per_group_means, run_suite
 from mogen.evaluation.suite import Suite, load_suite
 from mogen.lora import attach_lora, load_lora
-from mogen.samples import labelled_grid
+from mogen.samples import FONT, labelled_grid
 
 NUM_BOOTSTRAP = 2000
 PACKAGES = ("mogen", "torch", "diffusers", "transformers", "peft", "numpy")
@@ -91,13 +91,17 @@ def versions() -> dict[str, str]:
 def side_by_side(prompts: list[str], base: torch.Tensor, aligned: torch.Tensor, per_row: int) -> Image.Image:
     """The base grid and the aligned grid next to each other, each under its title."""
     left, right = labelled_grid(base, prompts, per_row), labelled_grid(aligned, prompts, per_row)
-    title_h, gap = 18, 16
+    title_h, gap = 20, 16
     canvas = Image.new("RGB", (left.width + gap + right.width, title_h + max(left.height, right.height)), "white")
     canvas.paste(left, (0, title_h))
     canvas.paste(right, (left.width + gap, title_h))
     draw = ImageDraw.Draw(canvas)
-    draw.text((4, 2), "base", fill="black")
-    draw.text((left.width + gap + 4, 2), "aligned", fill="black")
+    try:
+        font = ImageFont.truetype(FONT, 14)
+    except OSError:
+        font = ImageFont.load_default()
+    draw.text((4, 1), "base", fill="black", font=font)
+    draw.text((left.width + gap + 4, 1), "aligned", fill="black", font=font)
     return canvas
 
 
