@@ -264,10 +264,12 @@ def tiny_imagereward(tmp_path_factory):
 @pytest.mark.slow
 def test_imagereward_batched_path_matches_the_package_score(tiny_imagereward):
     root = tiny_imagereward["root"]
+    init_functions = (torch.nn.init.normal_, torch.nn.init.kaiming_uniform_)
     scorer = reward_zoo.get(
         "imagereward", checkpoint=str(root / "ImageReward.pt"), med_config=str(root / "med_config.json"),
         tokenizer=str(tiny_imagereward["tokenizer_dir"]),
     )
+    assert (torch.nn.init.normal_, torch.nn.init.kaiming_uniform_) == init_functions  # init skipping was undone
     # 224x224 images with values k/255, so the package's PIL path sees exactly the same pixels.
     images = (torch.randint(0, 256, (2, 3, 224, 224), generator=torch.Generator().manual_seed(0)) / 255.0)
     prompts = ["a red circle", "two blue squares"]
