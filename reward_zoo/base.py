@@ -51,7 +51,7 @@ class ScoreResult:
     """
 
     scores: torch.Tensor
-    failed: torch.Tensor
+    failed: torch.Tensor | None = None  # a scorer may leave it None; the returned result always has it
     details: dict[str, torch.Tensor] = field(default_factory=dict)
     texts: dict[str, list[str]] = field(default_factory=dict)
     errors: dict[int, str] = field(default_factory=dict)
@@ -159,19 +159,20 @@ class Scorer:
             except Exception as error:  # noqa: BLE001
                 first_error = first_error or error
                 nan = torch.full((1,), float("nan"), device=images.device)
-                parts.append(ScoreResult(nan, torch.ones(1, dtype=torch.bool, device=images.device), errors={0: repr(error)}))
+                failed = torch.ones(1, dtype=torch.bool, device=images.device)
+                parts.append(ScoreResult(nan, failed, errors={0: repr(error)}))
         if all(bool(p.failed.all()) for p in parts) and first_error is not None:
             raise ScorerError(f"reward '{self.name}' failed on every sample: {first_error}") from first_error
         return _concat(parts)
 
     def _finalize(self, out: torch.Tensor | ScoreResult, images: torch.Tensor) -> ScoreResult:
-        result = out if isinstance(out, ScoreResult) else ScoreResult(out, torch.zeros(0, dtype=torch.bool))
+        result = out if isinstance(out, ScoreResult) else ScoreResult(out)
         n, device = images.shape[0], images.device
         scores = result.scores.detach().to(device=device, dtype=torch.float32).reshape(-1)
         if scores.shape[0] != n:
             raise ScorerError(f"reward '{self.name}' returned {scores.shape[0]} scores for {n} images")
         failed = ~torch.isfinite(scores)
-        if result.failed.numel():
+        if result.failed is not None and result.failed.numel():
             failed |= result.failed.to(device=device, dtype=torch.bool).reshape(-1)
         details = {k: v.detach().to(device=device, dtype=torch.float32).reshape(-1) for k, v in result.details.items()}
         errors = dict(result.errors)
@@ -181,18 +182,23 @@ class Scorer:
 
 
 def _concat(parts: list[ScoreResult]) -> ScoreResult:
-    """Join chunk results in order, shifting error indices by each chunk's offset."""
+    """Join chunk results in order, shifting error indices by each chunk's offset.
+
+    A key missing from some chunk (e.g. a sample that failed alone) is filled with NaN / "" there.
+    """
     errors, offset = {}, 0
     for p in parts:
         errors.update({k + offset: v for k, v in p.errors.items()})
         offset += len(p)
-    keys = parts[0].details.keys() if all(p.details.keys() == parts[0].details.keys() for p in parts) else ()
-    text_keys = parts[0].texts.keys() if all(p.texts.keys() == parts[0].texts.keys() for p in parts) else ()
+    detail_keys = dict.fromkeys(k for p in parts for k in p.details)
+    text_keys = dict.fromkeys(k for p in parts for k in p.texts)
     return ScoreResult(
         scores=torch.cat([p.scores for p in parts]),
         failed=torch.cat([p.failed for p in parts]),
-        details={k: torch.cat([p.details[k] for p in parts]) for k in keys},
-        texts={k: [s for p in parts for s in p.texts[k]] for k in text_keys},
+        details={
+            k: torch.cat([p.details.get(k, torch.full_like(p.scores, float("nan"))) for p in parts]) for k in detail_keys
+        },
+        texts={k: [s for p in parts for s in p.texts.get(k, [""] * len(p))] for k in text_keys},
         errors=errors,
     )
 

@@ -227,11 +227,14 @@ class Aesthetic(Scorer):
         batch_size: int | None = None,
     ):
         super().__init__(batch_size)
-        head_path = resolve_file(self.name, head or str(weights_dir() / "aesthetic" / self._head_file), "the aesthetic MLP head", (
+        how = (
             f"download {self._head_file} from the LAION improved-aesthetic-predictor repository "
             "(github.com/christophschuhmann/improved-aesthetic-predictor) and pass head=PATH "
             "or put it in $MOGEN_REWARD_WEIGHTS/aesthetic/"
-        ))
+        )
+        head_path = resolve_file(
+            self.name, head or str(weights_dir() / "aesthetic" / self._head_file), "the aesthetic MLP head", how
+        )
         self.clip, _, cfg = load_open_clip(self.name, model_name, checkpoint, ClipScore._how)
         self.head = load_aesthetic_head(head_path)
         size = cfg["size"]

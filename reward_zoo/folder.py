@@ -41,7 +41,8 @@ def _read_jsonl(images_dir: Path, prompts_file: Path) -> list[FolderItem]:
         except json.JSONDecodeError as error:
             raise ValueError(f"{prompts_file}:{number}: not valid JSON ({error.msg})") from error
         if not isinstance(row, dict) or not isinstance(row.get("file"), str) or not isinstance(row.get("prompt"), str):
-            raise ValueError(f'{prompts_file}:{number}: expected {{"file": "...", "prompt": "..."}}, got {line.strip()[:80]}')
+            expected = '{"file": "...", "prompt": "..."}'
+            raise ValueError(f"{prompts_file}:{number}: expected {expected}, got {line.strip()[:80]}")
         if not (images_dir / row["file"]).is_file():
             raise ValueError(f"{prompts_file}:{number}: image {images_dir / row['file']} does not exist")
         metadata = row.get("metadata", {})

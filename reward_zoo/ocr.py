@@ -188,7 +188,6 @@ class OCRScorer(Scorer):
             scores.append(float("nan") if i in errors else ocr_accuracy(text, str(target), self.case_sensitive))
         return ScoreResult(
             scores=torch.tensor(scores, dtype=torch.float32),
-            failed=torch.zeros(0, dtype=torch.bool),
             texts={
                 "recognized": ["" if isinstance(t, Exception) else " ".join(t.split()) for t in recognized],
                 "target": [str(t or "") for t in targets],

@@ -37,7 +37,7 @@ class Compressibility(Scorer):
 
     def score(self, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]) -> ScoreResult:
         kilobytes = jpeg_kilobytes(images, self.quality)
-        return ScoreResult(-kilobytes, torch.zeros(0, dtype=torch.bool), details={"jpeg_kb": kilobytes})
+        return ScoreResult(-kilobytes, details={"jpeg_kb": kilobytes})
 
 
 class Incompressibility(Compressibility):
@@ -48,7 +48,7 @@ class Incompressibility(Compressibility):
 
     def score(self, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]) -> ScoreResult:
         kilobytes = jpeg_kilobytes(images, self.quality)
-        return ScoreResult(kilobytes, torch.zeros(0, dtype=torch.bool), details={"jpeg_kb": kilobytes})
+        return ScoreResult(kilobytes, details={"jpeg_kb": kilobytes})
 
 
 class Vivid(Scorer):
@@ -77,4 +77,5 @@ class Vivid(Scorer):
         luma = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
         contrast = 2.0 * luma.flatten(1).std(dim=1, unbiased=False)
         scores = (1.0 - self.contrast_weight) * saturation + self.contrast_weight * contrast
-        return ScoreResult(scores, torch.zeros(0, dtype=torch.bool), details={"saturation": saturation, "contrast": contrast})
+        details = {"saturation": saturation, "contrast": contrast}
+        return ScoreResult(scores, details=details)

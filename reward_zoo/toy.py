@@ -47,4 +47,4 @@ class ToyVerifier(Scorer):
         scores = torch.where(applicable, values, torch.full_like(values, self.not_applicable))
         details = {k: v for k, v in table.items() if k != self.attribute}
         details["applicable"] = applicable.float()
-        return ScoreResult(scores, torch.zeros(0, dtype=torch.bool), details=details)
+        return ScoreResult(scores, details=details)

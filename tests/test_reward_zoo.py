@@ -40,7 +40,8 @@ class RaisesOnPrompt(Scorer):
     def score(self, images, prompts, metadata):
         if "bad" in prompts:
             raise RuntimeError("cannot score 'bad'")
-        return torch.arange(len(prompts), dtype=torch.float32)
+        scores = torch.arange(len(prompts), dtype=torch.float32)
+        return ScoreResult(scores, details={"twice": 2 * scores}, texts={"prompt": list(prompts)})
 
 
 # --- contract -----------------------------------------------------------------------------------
@@ -61,6 +62,8 @@ def test_exception_on_one_sample_fails_that_sample_only():
     assert result.failed.tolist() == [False, True, False]
     assert result.scores[0] == 0 and result.scores[2] == 0  # each retried alone: index 0 in its batch of 1
     assert "cannot score 'bad'" in result.errors[1]
+    assert result.details["twice"][[0, 2]].tolist() == [0.0, 0.0] and result.details["twice"][1].isnan()
+    assert result.texts["prompt"] == ["ok", "", "ok"]
 
 
 def test_exception_on_every_sample_raises_with_the_scorer_name():
