@@ -37,7 +37,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pytesseract
 import torch
 from PIL import Image
 from scipy import ndimage
@@ -157,7 +156,15 @@ def read_letter(image: np.ndarray) -> str:
     gray = gray.resize((OCR_SIDE, OCR_SIDE), Image.BICUBIC)
     padded = Image.new("L", (OCR_SIDE * 3 // 2, OCR_SIDE * 3 // 2), 255)
     padded.paste(gray, (OCR_SIDE // 4, OCR_SIDE // 4))
-    raw = pytesseract.image_to_string(padded, config="--psm 10")
+    try:  # imported here so scene generation works without the OCR extra installed
+        import pytesseract
+
+        raw = pytesseract.image_to_string(padded, config="--psm 10")
+    except (ImportError, OSError) as err:  # pytesseract.TesseractNotFoundError is an OSError
+        raise RuntimeError(
+            f"toy-world text prompts need tesseract OCR ({err}); install it with "
+            "`apt-get install tesseract-ocr` and `pip install pytesseract` (or `pip install mogen[ocr]`)"
+        ) from None
     text = "".join(raw.split()).translate(_OCR_CONFUSIONS).upper()
     return "".join(ch for ch, _ in itertools.groupby(text))  # LSTM single-char mode may repeat a glyph
 
