@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import typing
 import warnings
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
 import torch
+from pydantic import TypeAdapter, ValidationError
 
 from reward_zoo.base import MissingWeightsError, Scorer, ScorerConfigError
 
@@ -109,6 +111,7 @@ def get(name: str, *, device: torch.device | str | None = None, dtype: torch.dty
     missing = [k for k, v in accepted.items() if v is inspect.Parameter.empty and k not in kwargs]
     if missing:
         raise ScorerConfigError(f"reward '{name}' needs argument(s) {', '.join(map(repr, missing))}")
+    kwargs = _validate_types(name, cls, kwargs)
     try:
         scorer = cls(**kwargs)
     except (ScorerConfigError, MissingWeightsError):
@@ -116,6 +119,24 @@ def get(name: str, *, device: torch.device | str | None = None, dtype: torch.dty
     except (TypeError, ValueError) as error:
         raise ScorerConfigError(f"reward '{name}': bad argument ({error})") from error
     return scorer.to(device, dtype) if device is not None or dtype is not None else scorer
+
+
+def _validate_types(name: str, cls: type[Scorer], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Check (and leniently coerce, e.g. "0.5" -> 0.5) each argument against the scorer's type hints."""
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # noqa: BLE001 - unresolvable annotations (third-party code): skip the check
+        return kwargs
+    checked = dict(kwargs)
+    for key, value in kwargs.items():
+        if key not in hints:
+            continue
+        try:
+            checked[key] = TypeAdapter(hints[key]).validate_python(value)
+        except ValidationError:
+            expected = getattr(hints[key], "__name__", str(hints[key]))
+            raise ScorerConfigError(f"reward '{name}': argument '{key}' must be {expected}, got {value!r}") from None
+    return checked
 
 
 def available() -> dict[str, RewardInfo]:

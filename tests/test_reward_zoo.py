@@ -108,6 +108,11 @@ def test_bad_kwarg_names_scorer_and_argument():
         reward_zoo.get("compressibility", quality=500)
     with pytest.raises(ScorerConfigError, match=r"reward 'ocr'.*backend"):
         reward_zoo.get("ocr", backend="paddle")
+    with pytest.raises(ScorerConfigError, match=r"reward 'vivid': argument 'contrast_weight' must be float, got 'high'"):
+        reward_zoo.get("vivid", contrast_weight="high")
+    with pytest.raises(ScorerConfigError, match=r"reward 'compressibility': argument 'quality' must be int, got 90.5"):
+        reward_zoo.get("compressibility", quality=90.5)
+    assert reward_zoo.get("vivid", contrast_weight="0.25").contrast_weight == 0.25  # YAML/CLI strings coerce
 
 
 def test_available_reports_descriptions_and_weights():
