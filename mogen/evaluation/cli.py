@@ -10,8 +10,8 @@ import typer
 
 def eval_command(
     suite: Path = typer.Option(..., "--suite", "-s", help="Suite YAML, e.g. recipes/eval/toy_forgetting.yaml."),
-    model: str = typer.Option("builtin:tiny", "--model", "-m", help="'builtin:tiny' or a local model folder."),
-    family: str = typer.Option("tiny", "--family", help="Model family of --model: tiny, sd3 or flux."),
+    model: str | None = typer.Option(None, "--model", "-m", help="'builtin:tiny' or a local model folder; default: the run's model, else builtin:tiny."),
+    family: str | None = typer.Option(None, "--family", help="tiny, sd3 or flux; default: the run's, else tiny."),
     lora: Path | None = typer.Option(None, "--lora", help="A run's lora/ folder (adapter.safetensors + adapter_config.json)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Report folder; default <run>/eval/<suite> or eval/<suite>."),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ...; default cuda when available."),

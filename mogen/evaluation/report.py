@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
+from pydantic import ValidationError
 
-from mogen.config import LoraConfig, ModelConfig
+from mogen.config import ConfigError, LoraConfig, ModelConfig, _format_validation_error, load_recipe
 from mogen.evaluation.plots import plot_deltas
 from mogen.evaluation.probes import MetricValues, SuiteResult, per_group_means, run_suite
 from mogen.evaluation.suite import Suite, load_suite
@@ -165,15 +166,31 @@ def markdown(report: dict, figures: list[tuple[str, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def resolve_model(model: str | None, family: str | None, lora: Path | None) -> tuple[ModelConfig, float]:
+    """The model to evaluate and its guidance scale: the run's recipe (next to its lora/ folder) unless overridden."""
+    recipe_path = lora.parent / "config.yaml" if lora is not None else None
+    if recipe_path is not None and recipe_path.is_file():
+        recipe = load_recipe(recipe_path)
+        cfg, guidance = recipe.model, recipe.sampler.guidance_scale
+    else:
+        cfg, guidance = ModelConfig(), 1.0
+    updates = {k: v for k, v in {"name": model, "family": family}.items() if v is not None}
+    try:
+        return ModelConfig.model_validate({**cfg.model_dump(), **updates}), guidance
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error("--model/--family", err, root=ModelConfig)) from None
+
+
 def evaluate(
-    suite_path: str | Path, model: str, family: str, lora: Path | None, out: Path, device: str | None = None
+    suite_path: str | Path, model: str | None, family: str | None, lora: Path | None, out: Path, device: str | None = None
 ) -> dict:
     """Load the model (and the LoRA), run the suite as base and as aligned on the same seeds, write the report."""
-    from mogen.models import load_policy  # the model adapters import diffusers: only when evaluating
+    from mogen.models.loading import load_policy  # the model adapters import diffusers: only when evaluating
 
     suite = load_suite(suite_path)
     torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    policy = load_policy(ModelConfig(name=model, family=family), device=torch_device)
+    model_cfg, guidance = resolve_model(model, family, lora)
+    policy = load_policy(model_cfg, device=torch_device, guidance_scale=guidance)
     if lora is not None:
         weights, config = lora / "adapter.safetensors", lora / "adapter_config.json"
         for path in (weights, config):
@@ -184,5 +201,5 @@ def evaluate(
         policy.transformer.to(torch_device)
     base = run_suite(policy, suite, as_base=True)
     aligned = run_suite(policy, suite) if lora is not None else base
-    meta = {"model": model, "lora": str(lora) if lora else None, "device": str(torch_device)}
+    meta = {"model": model_cfg.name, "family": model_cfg.family, "lora": str(lora) if lora else None, "device": str(torch_device)}
     return write_report(out, suite, base, aligned, meta)
