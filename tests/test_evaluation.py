@@ -339,3 +339,19 @@ def test_mogen_eval_compares_base_and_lora_on_the_same_seeds(model_dir, tmp_path
 
     result = CliRunner().invoke(app, [*args, "--lora", str(tmp_path / "missing")])
     assert result.exit_code == 2 and "adapter.safetensors not found" in result.output
+
+
+def test_eval_takes_the_model_from_the_run_recipe_unless_overridden(tmp_path):
+    from mogen.evaluation.report import resolve_model
+
+    (tmp_path / "lora").mkdir()
+    (tmp_path / "config.yaml").write_text(
+        "model: {name: /models/sd35, family: sd3, dtype: bfloat16}\nsampler: {guidance_scale: 4.5}\nrewards: [{name: vivid}]\n"
+    )
+    cfg, guidance = resolve_model(None, None, tmp_path / "lora")
+    assert (cfg.name, cfg.family, cfg.dtype, guidance) == ("/models/sd35", "sd3", "bfloat16", 4.5)
+    cfg, _ = resolve_model("/other", "flux", tmp_path / "lora")
+    assert (cfg.name, cfg.family, cfg.dtype) == ("/other", "flux", "bfloat16")
+    assert resolve_model(None, None, None)[0].name == "builtin:tiny"
+    with pytest.raises(ConfigError, match="--model/--family: family: Input should be 'tiny', 'sd3' or 'flux'"):
+        resolve_model(None, "sdxl", None)
