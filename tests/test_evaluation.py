@@ -95,6 +95,8 @@ def test_base_vs_base_report_has_zero_deltas(model_dir, suite, tmp_path):
         assert row["base"] == row["aligned"] and math.isfinite(row["base"]), key
         assert row["verdict"] == "~"
     assert rows["kl_base/kl"]["aligned"] == 0.0 and rows["fm/fm_loss"]["base"] > 0
+    logged = run_probes(policy, suite)  # what the trainer logs: the same means, NaN metrics left out
+    assert logged == {f"probe/{key}": row["aligned"] for key, row in rows.items() if key != "count/text"}
 
     report = write_report(tmp_path, suite, base, aligned, {"model": str(model_dir), "lora": None, "device": "cpu"})
     saved = json.loads((tmp_path / "report.json").read_text())

@@ -247,7 +247,11 @@ def _run_probe(policy, probe: Probe, suite: Suite, reference: ContextFactory, re
         if isinstance(scorer, str):
             result.notes.append(f"{metric}: skipped, scorer '{spec.name}' cannot run here: {scorer}")
             continue
-        scored = scorer(images, repeated)
+        try:
+            scored = scorer(images, repeated)
+        except reward_zoo.ScorerError as err:  # failed on every sample: report it, keep the other probes
+            result.notes.append(f"{metric}: skipped, {err}")
+            continue
         scores = scored.scores  # NaN where the scorer failed on a sample
         if "applicable" in scored.details:  # the toy verifier: an attribute the prompt does not have is not a 0
             scores = torch.where(scored.details["applicable"] > 0, scores, torch.full_like(scores, math.nan))
@@ -257,9 +261,10 @@ def _run_probe(policy, probe: Probe, suite: Suite, reference: ContextFactory, re
 def run_probes(policy: FlowPolicy, suite: Suite) -> dict[str, float]:
     """What the trainer logs every `eval.every` steps: `probe/<probe>/<metric>` means, no image grids.
 
-    Skipped probes are reported as warnings (Python shows each distinct one once).
+    Skipped probes are reported as warnings (Python shows each distinct one once); metrics with no scored
+    sample (NaN) are left out, so metrics.jsonl stays strict JSON.
     """
     result = run_suite(policy, suite, with_grids=False)
     for note in result.notes:
         warnings.warn(f"eval suite '{suite.name}': {note}")
-    return {f"probe/{key}": value for key, value in result.means().items()}
+    return {f"probe/{key}": value for key, value in result.means().items() if math.isfinite(value)}
