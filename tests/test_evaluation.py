@@ -331,7 +331,7 @@ def test_mogen_eval_compares_base_and_lora_on_the_same_seeds(model_dir, tmp_path
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "run" / "eval" / "suite" / "report.json").read_text())
     assert report["metrics"]["kl_base/kl"]["delta"] > 0 and report["metrics"]["kl_base/kl"]["base"] == 0.0
-    assert report["metrics"]["count/vivid"]["delta"] != 0 and report["lora"] == str(lora_dir)
+    assert report["metrics"]["count/vivid"]["delta"] != 0 and report["lora"] == str(lora_dir / "adapter.safetensors")
 
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "base")])
     assert result.exit_code == 0, result.output
@@ -341,18 +341,26 @@ def test_mogen_eval_compares_base_and_lora_on_the_same_seeds(model_dir, tmp_path
 
     result = CliRunner().invoke(app, [*args, "--lora", str(tmp_path / "missing")])
     assert result.exit_code == 2 and "adapter.safetensors not found" in result.output
+    (lora_dir / "adapter_config.json").unlink()
+    result = CliRunner().invoke(app, [*args, "--lora", str(tmp_path / "run")])  # the run folder works too
+    assert result.exit_code == 2 and "adapter_config.json not found" in result.output
 
 
 def test_eval_takes_the_model_from_the_run_recipe_unless_overridden(tmp_path):
-    from mogen.evaluation.report import resolve_model
+    from mogen.evaluation.report import locate_lora, resolve_model
 
-    (tmp_path / "lora").mkdir()
     (tmp_path / "config.yaml").write_text(
-        "model: {name: /models/sd35, family: sd3, dtype: bfloat16}\nsampler: {guidance_scale: 4.5}\nrewards: [{name: vivid}]\n"
+        "model: {name: /models/sd35, family: sd3, dtype: bfloat16}\nsampler: {guidance_scale: 4.5}\n"
+        "lora: {rank: 8, alpha: 16}\nrewards: [{name: vivid}]\n"
     )
-    cfg, guidance = resolve_model(None, None, tmp_path / "lora")
+    checkpoint = tmp_path / "checkpoints" / "step-10"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "lora.safetensors").write_bytes(b"")
+    source = locate_lora(checkpoint)  # a checkpoint's LoRA config comes from the run's recipe
+    assert source.weights == checkpoint / "lora.safetensors" and source.config.rank == 8
+    cfg, guidance = resolve_model(None, None, source.recipe)
     assert (cfg.name, cfg.family, cfg.dtype, guidance) == ("/models/sd35", "sd3", "bfloat16", 4.5)
-    cfg, _ = resolve_model("/other", "flux", tmp_path / "lora")
+    cfg, _ = resolve_model("/other", "flux", tmp_path / "config.yaml")
     assert (cfg.name, cfg.family, cfg.dtype) == ("/other", "flux", "bfloat16")
     assert resolve_model(None, None, None)[0].name == "builtin:tiny"
     with pytest.raises(ConfigError, match="--model/--family: family: Input should be 'tiny', 'sd3' or 'flux'"):

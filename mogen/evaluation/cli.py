@@ -12,8 +12,8 @@ def eval_command(
     suite: Path = typer.Option(..., "--suite", "-s", help="Suite YAML, e.g. recipes/eval/toy_forgetting.yaml."),
     model: str | None = typer.Option(None, "--model", "-m", help="'builtin:tiny' or a local model folder; default: the run's model, else builtin:tiny."),
     family: str | None = typer.Option(None, "--family", help="tiny, sd3 or flux; default: the run's, else tiny."),
-    lora: Path | None = typer.Option(None, "--lora", help="A run's lora/ folder (adapter.safetensors + adapter_config.json)."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Report folder; default <run>/eval/<suite> or eval/<suite>."),
+    lora: Path | None = typer.Option(None, "--lora", help="A run folder, its lora/ folder, or a checkpoint folder (checkpoints/step-N)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Report folder; default <run>/eval/<suite>[-step-N], or eval/<suite> for the base alone."),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ...; default cuda when available."),
 ) -> None:
     """Evaluate the base model and the aligned model (base + LoRA) on the same seeds: gains and forgetting."""
@@ -21,10 +21,9 @@ def eval_command(
     from mogen.evaluation.report import evaluate
     from reward_zoo import ScorerConfigError
 
-    out = out or ((lora.parent if lora else Path(".")) / "eval" / suite.stem)
     with user_errors():
         try:
-            report = evaluate(suite, model, family, lora, out, device)
+            report, out = evaluate(suite, model, family, lora, out, device)
         except ScorerConfigError as err:
             typer.echo(f"error: {err}", err=True)
             sys.exit(2)

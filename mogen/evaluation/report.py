@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import platform
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -166,10 +167,39 @@ def markdown(report: dict, figures: list[tuple[str, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def resolve_model(model: str | None, family: str | None, lora: Path | None) -> tuple[ModelConfig, float]:
-    """The model to evaluate and its guidance scale: the run's recipe (next to its lora/ folder) unless overridden."""
-    recipe_path = lora.parent / "config.yaml" if lora is not None else None
-    if recipe_path is not None and recipe_path.is_file():
+@dataclass
+class LoraSource:
+    """Where an adapter's weights are, its LoRA config, and the run recipe (config.yaml) if there is one."""
+
+    weights: Path
+    config: LoraConfig
+    recipe: Path | None
+
+
+def locate_lora(path: Path) -> LoraSource:
+    """Accept a run folder, its lora/ folder (adapter.safetensors + adapter_config.json) or a checkpoint folder
+    (checkpoints/step-N/lora.safetensors, whose LoRA config comes from the run's config.yaml)."""
+    if (path / "lora" / "adapter.safetensors").is_file():
+        path = path / "lora"
+    if (path / "adapter.safetensors").is_file():
+        config = path / "adapter_config.json"
+        if not config.is_file():
+            raise FileNotFoundError(f"--lora {path}: adapter_config.json not found next to adapter.safetensors")
+        recipe = path.parent / "config.yaml"
+        return LoraSource(path / "adapter.safetensors", LoraConfig.model_validate_json(config.read_text()), recipe if recipe.is_file() else None)
+    if (path / "lora.safetensors").is_file():
+        recipe = path.parent.parent / "config.yaml"
+        if not recipe.is_file():
+            raise FileNotFoundError(f"--lora {path}: a checkpoint's LoRA config comes from its run's config.yaml, not found at {recipe}")
+        return LoraSource(path / "lora.safetensors", load_recipe(recipe).lora, recipe)
+    raise FileNotFoundError(
+        f"--lora {path}: adapter.safetensors not found (expected a run folder, its lora/ folder or checkpoints/step-N/)"
+    )
+
+
+def resolve_model(model: str | None, family: str | None, recipe_path: Path | None) -> tuple[ModelConfig, float]:
+    """The model to evaluate and its guidance scale: the run's recipe, if any, unless overridden."""
+    if recipe_path is not None:
         recipe = load_recipe(recipe_path)
         cfg, guidance = recipe.model, recipe.sampler.guidance_scale
     else:
@@ -181,25 +211,35 @@ def resolve_model(model: str | None, family: str | None, lora: Path | None) -> t
         raise ConfigError(_format_validation_error("--model/--family", err, root=ModelConfig)) from None
 
 
+def default_out(suite_path: Path, source: LoraSource | None) -> Path:
+    """<run>/eval/<suite> (a checkpoint's: <run>/eval/<suite>-step-N), or eval/<suite> for the base alone."""
+    if source is None:
+        return Path("eval") / suite_path.stem
+    if source.weights.name == "lora.safetensors":  # checkpoints/step-N/
+        return source.weights.parents[2] / "eval" / f"{suite_path.stem}-{source.weights.parent.name}"
+    return source.weights.parents[1] / "eval" / suite_path.stem
+
+
 def evaluate(
-    suite_path: str | Path, model: str | None, family: str | None, lora: Path | None, out: Path, device: str | None = None
-) -> dict:
-    """Load the model (and the LoRA), run the suite as base and as aligned on the same seeds, write the report."""
+    suite_path: str | Path, model: str | None, family: str | None, lora: Path | None, out: Path | None, device: str | None = None
+) -> tuple[dict, Path]:
+    """Load the model (and the LoRA), run the suite as base and as aligned on the same seeds, write the report.
+
+    Returns the report and the folder it was written to.
+    """
     from mogen.models.loading import load_policy  # the model adapters import diffusers: only when evaluating
 
     suite = load_suite(suite_path)
+    source = locate_lora(lora) if lora is not None else None
+    out = out or default_out(Path(suite_path), source)
     torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model_cfg, guidance = resolve_model(model, family, lora)
+    model_cfg, guidance = resolve_model(model, family, source.recipe if source else None)
     policy = load_policy(model_cfg, device=torch_device, guidance_scale=guidance)
-    if lora is not None:
-        weights, config = lora / "adapter.safetensors", lora / "adapter_config.json"
-        for path in (weights, config):
-            if not path.is_file():
-                raise FileNotFoundError(f"--lora {lora}: {path.name} not found (expected a run's lora/ folder)")
-        attach_lora(policy.transformer, LoraConfig.model_validate_json(config.read_text()))
-        load_lora(policy.transformer, weights)
+    if source is not None:
+        attach_lora(policy.transformer, source.config)
+        load_lora(policy.transformer, source.weights)
         policy.transformer.to(torch_device)
     base = run_suite(policy, suite, as_base=True)
-    aligned = run_suite(policy, suite) if lora is not None else base
-    meta = {"model": model_cfg.name, "family": model_cfg.family, "lora": str(lora) if lora else None, "device": str(torch_device)}
-    return write_report(out, suite, base, aligned, meta)
+    aligned = run_suite(policy, suite) if source is not None else base
+    meta = {"model": model_cfg.name, "family": model_cfg.family, "lora": str(source.weights) if source else None, "device": str(torch_device)}
+    return write_report(out, suite, base, aligned, meta), out
