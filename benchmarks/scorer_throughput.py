@@ -6,7 +6,8 @@ checkpoint. No real HPS/CLIP/ImageReward weights exist here, so model-backed sco
 weights: tiny configs (overhead only), open_clip ViT-B-32 for the HPSv2 comparison, and ImageReward's
 real architecture (BLIP ViT-L/16 + 12-layer BERT) for a realistic per-image cost.
 
-    python benchmarks/scorer_throughput.py            # writes benchmarks/results/scorer_throughput.json
+    python benchmarks/scorer_throughput.py          # writes benchmarks/results/scorer_throughput.json
+    python benchmarks/scorer_throughput.py --full   # adds ViT-L-14 clipscore/aesthetic and ViT-H-14 HPSv2
 """
 
 from __future__ import annotations
@@ -102,8 +103,8 @@ def tiny_pickscore(root: Path) -> dict:
     return {"model": str(directory), "processor": str(directory)}
 
 
-def hpsv2_package_vs_ours(root: Path, n: int = 8) -> dict:
-    """hpsv2's `score()` procedure vs ours, on one random-weight ViT-B-32 checkpoint.
+def hpsv2_package_vs_ours(root: Path, architecture: str = "ViT-B-32", n: int = 8) -> dict:
+    """hpsv2's `score()` procedure vs ours, on one random-weight checkpoint of `architecture`.
 
     The hpsv2 1.2.0 wheel cannot be imported here (it lacks its bpe_simple_vocab_16e6.txt.gz), so its
     procedure is replayed step by step with open_clip: on every call it torch.loads the checkpoint and
@@ -111,9 +112,9 @@ def hpsv2_package_vs_ours(root: Path, n: int = 8) -> dict:
     """
     import open_clip
 
-    model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None, output_dict=True)
-    tokenizer = open_clip.get_tokenizer("ViT-B-32")
-    checkpoint = root / "hps_vit_b32.pt"
+    model, _, preprocess = open_clip.create_model_and_transforms(architecture, pretrained=None, output_dict=True)
+    tokenizer = open_clip.get_tokenizer(architecture)
+    checkpoint = root / f"hps_{architecture}.pt"
     torch.save({"state_dict": model.state_dict()}, checkpoint)
 
     def package_score(pil_images: list[Image.Image], prompt: str) -> list[float]:
@@ -136,12 +137,14 @@ def hpsv2_package_vs_ours(root: Path, n: int = 8) -> dict:
     package_scores = package_score(pil, prompt)
     package_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    ours = reward_zoo.get("hpsv2", model_name="ViT-B-32", checkpoint=str(checkpoint))
+    ours = reward_zoo.get("hpsv2", model_name=architecture, checkpoint=str(checkpoint))
     load_seconds = time.perf_counter() - start
     result = measure(ours, images, [prompt] * n, batch_size=n)
     ours_scores = ours(images, [prompt] * n).scores
+    checkpoint.unlink()
     return {
-        "architecture": "open_clip ViT-B-32 stand-in (random weights; HPS v2.1 is ViT-H-14, 2.5x the checkpoint)",
+        "architecture": f"open_clip {architecture}, random weights (HPS v2.1 is ViT-H-14)",
+        "checkpoint_gb": round(sum(p.numel() for p in model.state_dict().values()) * 4 / 1e9, 2),
         "package_procedure": "replayed (the hpsv2 1.2.0 wheel lacks bpe_simple_vocab_16e6.txt.gz and fails to import)",
         "images_per_call": n,
         "package_images_per_s": round(n / package_seconds, 2),
@@ -185,6 +188,29 @@ def imagereward_real_architecture(root: Path) -> dict:
     return {**result, "load_seconds": round(load_seconds, 2)}
 
 
+def clip_real_architecture(root: Path, n: int = 4) -> dict:
+    """clipscore and aesthetic on open_clip ViT-L-14 (their real architecture), random weights."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    from reward_zoo.clip_models import AestheticHead
+
+    checkpoint = root / "vit_l14.safetensors"
+    save_file(open_clip.create_model("ViT-L-14", pretrained=None).state_dict(), checkpoint)
+    torch.save(AestheticHead(768).state_dict(), root / "head_768.pth")
+    images = torch.rand(n, 3, 512, 512, generator=torch.Generator().manual_seed(0))
+    prompts = ["a red circle on a table"] * n
+    results = {}
+    for name, extra in (("clipscore", {}), ("aesthetic", {"head": str(root / "head_768.pth")})):
+        start = time.perf_counter()
+        scorer = reward_zoo.get(name, model_name="ViT-L-14", checkpoint=str(checkpoint), **extra)
+        load_seconds = time.perf_counter() - start
+        results[f"{name} (ViT-L-14, random weights)"] = {**measure(scorer, images, prompts, n), "load_seconds": round(load_seconds, 2)}
+        del scorer
+    checkpoint.unlink()
+    return results
+
+
 def main() -> None:
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
@@ -211,6 +237,9 @@ def main() -> None:
             reward_zoo.get("pickscore", **tiny_pickscore(root)), big_images, big_prompts, 64)
         results["hpsv2: package vs reward_zoo"] = hpsv2_package_vs_ours(root)
         results["imagereward (real architecture, random weights)"] = imagereward_real_architecture(root)
+        if "--full" in sys.argv:  # real CLIP sizes: several GB of random checkpoints, a few minutes
+            results.update(clip_real_architecture(root))
+            results["hpsv2 ViT-H-14: package vs reward_zoo"] = hpsv2_package_vs_ours(root, "ViT-H-14", n=4)
     report = {
         "machine": {
             "python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform(),
