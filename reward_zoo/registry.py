@@ -104,7 +104,8 @@ def get(name: str, *, device: torch.device | str | None = None, dtype: torch.dty
     """Build the scorer registered as `name` with `kwargs`, loaded once, on `device`/`dtype` if given."""
     cls, _ = scorer_class(name)
     accepted = arguments(cls)
-    unknown = sorted(set(kwargs) - set(accepted))
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values())
+    unknown = [] if takes_any else sorted(set(kwargs) - set(accepted))
     if unknown:
         listing = ", ".join(f"{k}={v!r}" if v is not inspect.Parameter.empty else k for k, v in accepted.items())
         raise ScorerConfigError(f"reward '{name}' has no argument {', '.join(map(repr, unknown))}; its arguments: {listing}")
