@@ -79,3 +79,7 @@ from mogen.evaluation.cli import eval_command, report_command  # noqa: E402  (`m
 
 app.command("eval")(eval_command)
 app.command("report")(report_command)
+
+from mogen.sample_cli import sample as sample_command  # noqa: E402  (`mogen sample`: images from a model as a grid)
+
+app.command("sample")(sample_command)
