@@ -33,7 +33,7 @@ from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
 from mogen.models.tiny import TinyConfig, TinyT2I
-from mogen.toyworld import sample_batch, sample_scenes, save_grid
+from mogen.toyworld import TASKS, sample_batch, sample_scenes, save_grid
 from mogen.toyworld.verify import verify
 
 
@@ -57,6 +57,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--eval-per-task", type=int, default=48, help="eval prompts per task and split")
     p.add_argument("--eval-steps", type=int, default=10, help="ODE steps when evaluating")
     p.add_argument("--eval-seed", type=int, default=1234)
+    p.add_argument("--eval-only", type=str, default=None, help="only evaluate this model folder (or builtin:tiny)")
     for name, value in asdict(TinyConfig()).items():  # model sizes, e.g. --num-layers 6
         if isinstance(value, (int, float)):
             p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
@@ -110,9 +111,14 @@ def train_vae(model: TinyT2I, rng: np.random.Generator, args: argparse.Namespace
     atomic_save(state, ckpt)
 
 
+def summarize(scores: dict[str, torch.Tensor]) -> dict:
+    """Mean of each attribute over the images it applies to (NaN marks not applicable)."""
+    return {name: round(float(v.nanmean()), 4) for name, v in scores.items() if not v.isnan().all()}
+
+
 def eval_prompts(args: argparse.Namespace, split: str) -> list[str]:
     rng = np.random.default_rng(args.eval_seed)
-    return [s.prompt for task in ("count", "position", "text") for s in sample_scenes(args.eval_per_task, rng, split, (task,))]
+    return [s.prompt for task in TASKS for s in sample_scenes(args.eval_per_task, rng, split, (task,))]
 
 
 @torch.no_grad()
@@ -126,7 +132,9 @@ def evaluate(ema_model: TinyT2I, args: argparse.Namespace, step: int) -> dict:
             [ema_model.sample(prompts[i : i + 64], num_steps=args.eval_steps, seed=args.eval_seed + i) for i in range(0, len(prompts), 64)]
         )
         scores = verify(images, prompts)
-        result[split] = {name: round(float(v.nanmean()), 4) for name, v in scores.items() if not v.isnan().all()}
+        n = args.eval_per_task
+        by_task = {task: summarize({name: v[i * n : (i + 1) * n] for name, v in scores.items()}) for i, task in enumerate(TASKS)}
+        result[split] = {**summarize(scores), "by_task": by_task}
         save_grid(images[:: max(1, len(prompts) // 64)][:64], args.work_dir / "grids" / f"{split}_step{step:06d}.png")
     return result
 
@@ -137,6 +145,12 @@ def main() -> None:
     args.work_dir.mkdir(parents=True, exist_ok=True)
     (args.work_dir / "grids").mkdir(exist_ok=True)
     ckpt = args.work_dir / "checkpoint.pt"
+    if args.eval_only:
+        result = evaluate(TinyT2I.from_pretrained(args.eval_only), args, step=0)
+        result.update(model=args.eval_only, eval_steps=args.eval_steps, eval_per_task=args.eval_per_task)
+        (args.work_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=2))
+        return
     config = TinyConfig(**{k: getattr(args, k) for k in asdict(TinyConfig()) if hasattr(args, k)})
 
     torch.manual_seed(args.seed)
@@ -147,8 +161,12 @@ def main() -> None:
         if not ckpt.is_file():
             raise SystemExit(f"--resume: no checkpoint at {ckpt}; run once without --resume first")
         state = torch.load(ckpt, weights_only=True)
-        if state["config"] != asdict(config):
-            raise SystemExit(f"--resume: model sizes differ from the checkpoint's {state['config']}; pass the same size flags")
+        # Before the flow stage has started only the autoencoder's sizes are fixed by the checkpoint.
+        keys = asdict(config) if "flow" in state else ("image_size", "latent_channels", "vae_channels")
+        changed = {k: state["config"][k] for k in keys if state["config"][k] != asdict(config)[k]}
+        if changed:
+            raise SystemExit(f"--resume: sizes differ from the checkpoint's {changed}; pass the same size flags")
+        state["config"] = asdict(config)
         model.vae.load_state_dict(state["vae"])
         rng.bit_generator.state = state["data_rng"]
         if "torch_rng" in state:
@@ -158,7 +176,10 @@ def main() -> None:
     model.vae.register_to_config(**state["latent_norm"])
     model.vae.eval().requires_grad_(False)
 
-    # Stage 2: text encoder + transformer, jointly.
+    # Stage 2: text encoder + transformer, jointly. Reseeding makes its noise independent of how stage 1 ran
+    # (one command, or stage 1 then --resume), so both give the same run.
+    if "flow" not in state:
+        torch.manual_seed(args.seed + 1)
     params = list(model.transformer.parameters()) + list(model.text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
     ema = EMAModel(params, decay=args.ema_decay)
