@@ -158,7 +158,10 @@ class TinyT2I(torch.nn.Module):
                 f"{index_file} not found: a tiny-model folder needs {MODEL_INDEX} and the subfolders "
                 f"{', '.join(SUBFOLDERS)} (write one with TinyT2I.save_pretrained){hint}"
             )
-        index = json.loads(index_file.read_text())
+        try:
+            index = json.loads(index_file.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{index_file}: not valid JSON ({err})") from None
         missing = [name for name in SUBFOLDERS if not (folder / name).is_dir()]
         if index.get("_class_name") != cls.__name__ or missing:
             raise ValueError(
