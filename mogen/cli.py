@@ -71,9 +71,20 @@ from reward_zoo.cli import app as rewards_app  # noqa: E402  (the `mogen rewards
 
 app.add_typer(rewards_app, name="rewards")
 
-from mogen.export import export_command  # noqa: E402  (`mogen export`: a run's LoRA in the diffusers format)
 
-app.command("export")(export_command)
+@app.command("export")
+def export(
+    run: Path = typer.Option(..., "--run", help="A run directory written by `mogen align`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write pytorch_lora_weights.safetensors into."),
+    step: int | None = typer.Option(None, "--step", help="Export checkpoints/step-N instead of the final LoRA."),
+) -> None:
+    """Export a run's LoRA in the diffusers format: `pipeline.load_lora_weights(OUT)` loads it as is."""
+    from mogen.export import export_run
+
+    with user_errors():
+        path = export_run(run, out, step)
+    typer.echo(f"wrote {path}: load it with pipeline.load_lora_weights({str(out)!r})")
+
 
 from mogen.evaluation.cli import eval_command, report_command  # noqa: E402  (`mogen eval`, `mogen report`)
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import typer
 import yaml
 from diffusers import FluxPipeline, FluxTransformer2DModel, SD3Transformer2DModel, StableDiffusion3Pipeline
 from peft import LoraConfig as PeftLoraConfig
@@ -104,16 +103,3 @@ def export_run(run_dir: str | Path, out_dir: str | Path, step: int | None = None
         raise ConfigError(f"{weights}: holds no LoRA weights (no '.lora_A'/'.lora_B' keys)")
     peft_config = PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets)
     return save_diffusers_lora(state, peft_config.to_dict(), model.family, out_dir)
-
-
-def export_command(
-    run: Path = typer.Option(..., "--run", help="A run directory written by `mogen align`."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder to write pytorch_lora_weights.safetensors into."),
-    step: int | None = typer.Option(None, "--step", help="Export checkpoints/step-N instead of the final LoRA."),
-) -> None:
-    """Export a run's LoRA in the diffusers format: `pipeline.load_lora_weights(OUT)` loads it as is."""
-    from mogen.cli import user_errors
-
-    with user_errors():
-        path = export_run(run, out, step)
-    typer.echo(f"wrote {path}: load it with pipeline.load_lora_weights({str(out)!r})")

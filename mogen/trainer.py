@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from mogen.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from mogen.config import Recipe, recipe_to_yaml
+from mogen.export import export_lora
 from mogen.lora import adapter_disabled, attach_lora, save_lora
 from mogen.models.loading import load_policy
 from mogen.objectives import compute_advantages, ref_kl_gate
@@ -163,5 +164,6 @@ def align(recipe: Recipe, resume: bool = False) -> Path:
     lora_dir.mkdir(exist_ok=True)
     save_lora(transformer, lora_dir / "adapter.safetensors")
     (lora_dir / "adapter_config.json").write_text(json.dumps(recipe.lora.model_dump(mode="json"), indent=2))
+    export_lora(transformer, recipe.model.family, lora_dir)  # pytorch_lora_weights.safetensors for diffusers
     accelerator.end_training()
     return run_dir

@@ -52,6 +52,7 @@ def test_align_writes_the_documented_run_layout(tmp_path: Path, tiny_model_dir: 
     assert (run / "samples" / "step-2.png").is_file()
     assert (run / "checkpoints" / "step-2" / "lora.safetensors").is_file()
     assert (run / "lora" / "adapter.safetensors").is_file()
+    assert (run / "lora" / "pytorch_lora_weights.safetensors").is_file()  # the diffusers format
     assert load_recipe(run / "config.yaml") == load_recipe(_recipe_file(tmp_path, tiny_model_dir))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mogen.config import ModelConfig
+from mogen.config import ConfigError, ModelConfig
 from mogen.rollout import FlowPolicy
 
 
@@ -12,13 +12,18 @@ def load_policy(cfg: ModelConfig, device: torch.device | str, guidance_scale: fl
     """Load the model named by `cfg` from local files onto `device`, frozen (LoRA is attached by the caller)."""
     dtype = getattr(torch, cfg.dtype)
     if cfg.family == "tiny":
+        if cfg.resolution is not None:
+            raise ConfigError("model.resolution: the tiny model has a fixed image size; remove the field")
         from mogen.models.tiny import TinyT2I
 
         return TinyT2I.from_pretrained(cfg.name, device=device, torch_dtype=dtype)
+    options = {"resolution": cfg.resolution, "offload": cfg.offload}
+    if cfg.max_sequence_length is not None:
+        options["max_sequence_length"] = cfg.max_sequence_length
     if cfg.family == "sd3":
         from mogen.models.sd3 import SD3Policy
 
-        return SD3Policy.from_pretrained(cfg.name, device=device, dtype=dtype, guidance_scale=guidance_scale)
+        return SD3Policy.from_pretrained(cfg.name, device=device, dtype=dtype, guidance_scale=guidance_scale, **options)
     from mogen.models.flux import FluxPolicy
 
-    return FluxPolicy.from_pretrained(cfg.name, device=device, dtype=dtype, guidance_scale=guidance_scale)
+    return FluxPolicy.from_pretrained(cfg.name, device=device, dtype=dtype, guidance_scale=guidance_scale, **options)
