@@ -12,7 +12,8 @@ from mogen.config import ConfigError, RewardConfig
 
 @dataclass
 class Scores:
-    """Raw scores of K objectives for B samples. `raw` is (K, B) float32 with NaN where a scorer failed."""
+    """Raw scores of K objectives for B samples. `raw` is (K, B) float32, NaN where a scorer failed or the
+    objective does not apply to the sample's prompt (its group then gets advantage 0 for that objective)."""
 
     keys: list[str]
     raw: torch.Tensor
@@ -24,11 +25,11 @@ class Scores:
         return torch.isin(group_ids, bad_groups)
 
     def filled(self) -> torch.Tensor:
-        """Raw scores with failures set to 0 (their groups are dropped from the update anyway)."""
+        """Raw scores with NaN set to 0: failed groups are dropped anyway, not-applicable groups get advantage 0."""
         return torch.nan_to_num(self.raw, nan=0.0)
 
     def summary(self, weights: torch.Tensor) -> dict[str, float]:
-        """reward/<key>: mean raw score over samples that scored; reward/total: the weighted sum of those means."""
+        """reward/<key>: mean raw score over the samples it applies to; reward/total: weighted sum of those means."""
         means = torch.stack([row[~torch.isnan(row)].mean() if (~torch.isnan(row)).any() else row.new_tensor(float("nan")) for row in self.raw])
         out = {f"reward/{k}": float(m) for k, m in zip(self.keys, means)}
         out["reward/total"] = float((weights.to(means.device) * means).sum())
@@ -76,6 +77,9 @@ class Objectives:
         for scorer in self.scorers:
             result = scorer(images, prompts)
             sign = 1.0 if scorer.higher_is_better else -1.0
-            rows.append(sign * result.scores.to(images.device))
+            scores = sign * result.scores.to(images.device)
+            if "applicable" in result.details:  # e.g. a position score on a count prompt: no score, not a failure
+                scores = torch.where(result.details["applicable"].to(images.device) > 0, scores, float("nan"))
+            rows.append(scores)
             failed |= result.failed.to(images.device)
         return Scores(self.keys, torch.stack(rows), failed)

@@ -27,6 +27,7 @@ from mogen.config import Recipe, recipe_to_yaml
 from mogen.export import export_lora
 from mogen.lora import adapter_disabled, attach_lora, save_lora
 from mogen.models.loading import load_policy
+from mogen.evaluation.during_training import Probes
 from mogen.objectives import compute_advantages, ref_kl_gate
 from mogen.prompts import PromptSource
 from mogen.rewards import Objectives
@@ -60,6 +61,12 @@ class MetricsLog:
         if path.exists():  # drop lines past the checkpoint we resume from: they will be written again
             lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
             path.write_text("".join(line + "\n" for line in lines))
+
+    def logged(self) -> list[dict[str, float]]:
+        """The metrics written so far (after a resume: up to the checkpoint's step)."""
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
 
     def write(self, metrics: dict[str, float]) -> None:
         with open(self.path, "a") as f:
@@ -98,11 +105,17 @@ def align(recipe: Recipe, resume: bool = False) -> Path:
         accelerator.print(f"resuming from {checkpoints[-1]} (step {start_step})")
     accelerator.init_trackers("mogen")
     log = MetricsLog(run_dir / "metrics.jsonl", accelerator, start_step)
+    probes = Probes.build(recipe.eval)
+    probes.replay(log.logged())
     transformer = accelerator.unwrap_model(policy.transformer)
     sampler, rollout_cfg = recipe.sampler, recipe.rollout
     deltas = objectives.deltas(recipe.algorithm.delta, recipe.advantage.mode).to(device)
 
     # --- train -------------------------------------------------------------------------------------------
+    if probes and start_step == 0:  # the base model's probe values: what later steps are compared against
+        baseline = {"step": 0, **probes.run(policy)}
+        probes.check(baseline, 0)
+        log.write(baseline)
     progress = tqdm(range(start_step, recipe.train.steps), initial=start_step, total=recipe.train.steps, desc="align")
     for step in progress:
         gens = step_generators(recipe.train.seed, step, device)
@@ -150,14 +163,20 @@ def align(recipe: Recipe, resume: bool = False) -> Path:
         metrics.update({"kl/old_new": update_stats.pop("kl_after", 0.0), "mask_fraction": update_stats.pop("mask_fraction", 0.0)})
         metrics.update({f"update/{k}": v for k, v in update_stats.items()})
         metrics.update({"time/rollout_s": rollout_s, "time/reward_s": reward_s, "time/train_s": train_s})
+        done = step + 1
+        if probes and done % recipe.eval.every == 0:
+            metrics.update(probes.run(policy))
+        probes.check(metrics, done)
         log.write(metrics)
         progress.set_postfix(reward=f"{metrics['reward/total']:.3f}", kl_ref=f"{ref_kl:.2e}", mask=f"{metrics['mask_fraction']:.2f}")
 
-        done = step + 1
         if done % recipe.train.sample_every == 0 or done == recipe.train.steps:
             save_sample_grid(policy, prompts.eval_prompts(), run_dir / "samples" / f"step-{done}.png", sampler, recipe.train.seed)
-        if done % recipe.train.checkpoint_every == 0 or done == recipe.train.steps:
+        if done % recipe.train.checkpoint_every == 0 or done == recipe.train.steps or probes.should_stop:
             save_checkpoint(run_dir, done, transformer, optimizer, recipe.train.keep_checkpoints)
+        if probes.should_stop:
+            accelerator.print(f"stopping at step {done}: the reward-hacking alarm fired and the suite asks to stop")
+            break
 
     # --- save --------------------------------------------------------------------------------------------
     lora_dir = run_dir / "lora"

@@ -149,3 +149,14 @@ def test_every_group_failing_skips_the_update(tmp_path: Path, tiny_model_dir: Pa
         run = align(recipe)
     weights = load_file(str(run / "lora" / "adapter.safetensors"))
     assert all((v == 0).all() for k, v in weights.items() if "lora_B" in k)  # no update happened
+
+
+def test_probes_run_before_training_and_every_n_steps(tmp_path: Path, tiny_model_dir: Path) -> None:
+    suite = Path(__file__).parents[1] / "recipes" / "eval" / "toy_quick.yaml"
+    path = _recipe_file(tmp_path, tiny_model_dir, eval={"suites": [str(suite)], "every": 2})
+    run = align(load_recipe(path))
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [0, 1, 2]
+    assert metrics[0]["probe/kl_base/kl"] == 0.0  # the LoRA starts at zero: the policy is the base model
+    assert metrics[2]["probe/kl_base/kl"] > 0.0
+    assert "probe/heldout_count/count" in metrics[2] and "probe/heldout_count/count" not in metrics[1]
