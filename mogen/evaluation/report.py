@@ -91,8 +91,10 @@ def versions() -> dict[str, str]:
 
 
 def side_by_side(prompts: list[str], base: torch.Tensor, aligned: torch.Tensor, per_row: int) -> Image.Image:
-    """The base grid and the aligned grid next to each other, each under its title."""
-    left, right = labelled_grid(base, prompts, per_row), labelled_grid(aligned, prompts, per_row)
+    """The base grid and the aligned grid next to each other, each under its title (tiles framed in grey, so
+    images on white backgrounds stay apart)."""
+    framed = [torch.nn.functional.pad(images, (1, 1, 1, 1), value=0.7) for images in (base, aligned)]
+    left, right = (labelled_grid(images, prompts, per_row) for images in framed)
     title_h, gap = 20, 16
     canvas = Image.new("RGB", (left.width + gap + right.width, title_h + max(left.height, right.height)), "white")
     canvas.paste(left, (0, title_h))
