@@ -57,7 +57,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--eval-per-task", type=int, default=48, help="eval prompts per task and split")
     p.add_argument("--eval-steps", type=int, default=10, help="ODE steps when evaluating")
     p.add_argument("--eval-seed", type=int, default=1234)
+    p.add_argument("--eval-sampler", choices=("ode", "sde"), default="ode", help="sde uses eta 0.7")
     p.add_argument("--eval-only", type=str, default=None, help="only evaluate this model folder (or builtin:tiny)")
+    p.add_argument("--group-size", type=int, default=16, help="--eval-only: samples per prompt for the group statistics")
+    p.add_argument("--group-prompts", type=int, default=8, help="--eval-only: prompts per task for the group statistics")
     for name, value in asdict(TinyConfig()).items():  # model sizes, e.g. --num-layers 6
         if isinstance(value, (int, float)):
             p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
@@ -129,7 +132,7 @@ def evaluate(ema_model: TinyT2I, args: argparse.Namespace, step: int) -> dict:
     for split in ("train", "heldout"):
         prompts = eval_prompts(args, split)
         images = torch.cat(
-            [ema_model.sample(prompts[i : i + 64], num_steps=args.eval_steps, seed=args.eval_seed + i) for i in range(0, len(prompts), 64)]
+            [ema_model.sample(prompts[i : i + 64], args.eval_steps, args.eval_sampler, 0.7, seed=args.eval_seed + i) for i in range(0, len(prompts), 64)]
         )
         scores = verify(images, prompts)
         n = args.eval_per_task
@@ -139,6 +142,28 @@ def evaluate(ema_model: TinyT2I, args: argparse.Namespace, step: int) -> dict:
     return result
 
 
+@torch.no_grad()
+def group_stats(model: TinyT2I, args: argparse.Namespace, split: str) -> dict:
+    """Per attribute, the fraction of prompts whose group of samples has both better and worse scores
+    (what group-normalised RL advantages need), and the mean within-group std of `overall`."""
+    rng = np.random.default_rng(args.eval_seed + 1)
+    prompts = [s.prompt for task in TASKS for s in sample_scenes(args.group_prompts, rng, split, (task,))]
+    repeated = [p for p in prompts for _ in range(args.group_size)]
+    images = torch.cat(
+        [model.sample(repeated[i : i + 64], args.eval_steps, args.eval_sampler, 0.7, seed=args.eval_seed + i) for i in range(0, len(repeated), 64)]
+    )
+    stats: dict = {"group_size": args.group_size, "prompts": len(prompts)}
+    scores = verify(images, repeated)
+    for name, v in scores.items():
+        groups = v.view(len(prompts), args.group_size)
+        groups = groups[~groups.isnan().any(1)]  # prompts the attribute applies to
+        if len(groups):
+            stats[f"{name}_mixed_groups"] = round(float((groups.amax(1) > groups.amin(1)).float().mean()), 4)
+    overall = scores["overall"].view(len(prompts), args.group_size)
+    stats["overall_within_group_std"] = round(float(overall.std(1).mean()), 4)
+    return stats
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
@@ -146,9 +171,12 @@ def main() -> None:
     (args.work_dir / "grids").mkdir(exist_ok=True)
     ckpt = args.work_dir / "checkpoint.pt"
     if args.eval_only:
-        result = evaluate(TinyT2I.from_pretrained(args.eval_only), args, step=0)
-        result.update(model=args.eval_only, eval_steps=args.eval_steps, eval_per_task=args.eval_per_task)
-        (args.work_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+        model = TinyT2I.from_pretrained(args.eval_only)
+        result = evaluate(model, args, step=0)
+        for split in ("train", "heldout"):
+            result[split]["groups"] = group_stats(model, args, split)
+        result.update(model=args.eval_only, sampler=args.eval_sampler, eval_steps=args.eval_steps, eval_per_task=args.eval_per_task)
+        (args.work_dir / f"eval_{args.eval_sampler}_{args.eval_steps}steps.json").write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result, indent=2))
         return
     config = TinyConfig(**{k: getattr(args, k) for k in asdict(TinyConfig()) if hasattr(args, k)})
