@@ -62,6 +62,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     model = TinyT2I.from_pretrained(args.model)
+    n_params = {name: sum(q.numel() for q in getattr(model, name).parameters()) for name in ("transformer", "text_encoder", "vae")}
     model.transformer.add_adapter(LoraConfig(r=32, lora_alpha=64, target_modules=LORA_TARGET_MODULES))
     lora_params = [q for q in model.transformer.parameters() if q.requires_grad]
     opt = torch.optim.AdamW(lora_params, lr=3e-4)
@@ -78,7 +79,6 @@ def main() -> None:
         if repeat:
             rollout_s.append(t1 - t0)
             update_s.append(t2 - t1)
-    n_params = {name: sum(q.numel() for q in getattr(model, name).parameters()) for name in ("transformer", "text_encoder", "vae")}
     result = {
         "model": args.model,
         "threads": args.threads,
