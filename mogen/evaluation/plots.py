@@ -86,17 +86,17 @@ def plot_over_steps(runs: dict[str, Series], keys: list[str], path: Path, title:
 def plot_reward_vs_kl(runs: dict[str, Series], reward_key: str, path: Path) -> Path:
     """Reward against the KL to the base model (the "KL-proximal efficiency" view): up-and-left is efficient.
 
-    Both axes are moving averages of the per-step values, drawn as a path from the first step to the last.
+    Dots are the per-step values; the line is their moving average, from the first step to the last (big dot).
     """
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     for name, series in runs.items():
         if reward_key not in series or "kl/ref" not in series:
             continue
-        kl, reward = smooth(series["kl/ref"]), smooth(series[reward_key])
-        line = ax.plot(kl, reward, label=name)[0]
-        ax.plot(kl[-1:], reward[-1:], "o", color=line.get_color())
-    ax.set_xlabel("KL to base (kl/ref, per step, mean over dims; EMA)")
-    ax.set_ylabel(f"{reward_key} (EMA)")
+        line = ax.plot(smooth(series["kl/ref"], 0.1), smooth(series[reward_key], 0.1), label=name)[0]
+        ax.scatter(series["kl/ref"], series[reward_key], s=6, alpha=0.3, color=line.get_color())
+        ax.plot(line.get_xdata()[-1:], line.get_ydata()[-1:], "o", color=line.get_color())
+    ax.set_xlabel("KL to base (kl/ref: per trained step, mean over dims)")
+    ax.set_ylabel(reward_key)
     ax.set_title("Reward vs KL to base", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
