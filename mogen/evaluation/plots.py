@@ -130,6 +130,7 @@ def plot_pareto(gains: dict[str, dict[str, float]], path: Path) -> Path:
             ax.annotate(name, (gain.get(a, np.nan), gain.get(b, np.nan)), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.axhline(0, color="gray", lw=0.6)
         ax.axvline(0, color="gray", lw=0.6)
+        ax.margins(0.25)  # room for the run labels
         ax.set_xlabel(f"gain {a.removeprefix('reward/')}", fontsize=8)
         ax.set_ylabel(f"gain {b.removeprefix('reward/')}", fontsize=8)
         ax.grid(alpha=0.3)
