@@ -275,9 +275,19 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     for assignment in overrides or []:
         data = apply_override(data, assignment)
     try:
-        return Recipe.model_validate(data)
+        recipe = Recipe.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(str(path), err)) from None
+    recipe.eval.suites = [_resolve(s, path.parent) for s in recipe.eval.suites]
+    if recipe.prompts.path:
+        recipe.prompts.path = _resolve(recipe.prompts.path, path.parent)
+    return recipe
+
+
+def _resolve(file: str, recipe_dir: Path) -> str:
+    """A file named in a recipe: relative to the recipe's folder if it exists there, else as given (the CWD)."""
+    candidate = recipe_dir / file
+    return str(candidate.resolve()) if not Path(file).is_absolute() and candidate.exists() else file
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:

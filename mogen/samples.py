@@ -37,8 +37,9 @@ def labelled_grid(images: torch.Tensor, labels: list[str], per_row: int, scale: 
     except OSError:
         font = ImageFont.load_default()
     label_w = max(int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(label, font=font)) for label in labels) + 10
-    grid = Image.new("RGB", (label_w + per_row * (w + 2), rows * (h + 2)), "white")
+    grid = Image.new("RGB", (label_w + per_row * (w + 2), rows * (h + 2)), (170, 170, 170))  # grey gaps frame tiles
     draw = ImageDraw.Draw(grid)
+    draw.rectangle((0, 0, label_w - 1, grid.height), fill="white")
     for r, label in enumerate(labels):
         draw.text((4, r * (h + 2) + h // 2 - 6), label, fill="black", font=font)
         for c in range(per_row):
