@@ -16,7 +16,7 @@ def labelled_grid(images: torch.Tensor, prompts: list[str], num_per_prompt: int,
     _, _, h, w = images.shape
     cell_h, cell_w, pad, label_h = h * scale, w * scale, 4, 18
     font = ImageFont.load_default(size=13)
-    grid = Image.new("RGB", (pad + num_per_prompt * (cell_w + pad), len(prompts) * (label_h + cell_h + pad) + pad), "white")
+    grid = Image.new("RGB", (pad + num_per_prompt * (cell_w + pad), len(prompts) * (label_h + cell_h + pad) + pad), (200, 200, 200))
     draw = ImageDraw.Draw(grid)
     pixels = (images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype("uint8")
     for row, prompt in enumerate(prompts):

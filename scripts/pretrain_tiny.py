@@ -43,17 +43,18 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core CPU)")
     p.add_argument("--resume", action="store_true", help="continue from WORK_DIR/checkpoint.pt")
-    p.add_argument("--vae-steps", type=int, default=1500)
+    p.add_argument("--vae-steps", type=int, default=3000)
     p.add_argument("--vae-batch-size", type=int, default=32)
     p.add_argument("--vae-lr", type=float, default=2e-3)
-    p.add_argument("--steps", type=int, default=8000, help="flow-matching steps")
+    p.add_argument("--steps", type=int, default=9000, help="flow-matching steps (sets the lr schedule)")
+    p.add_argument("--stop-at", type=int, default=None, help="end after this many flow steps, schedule unchanged")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--lr", type=float, default=8e-4)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay ends at lr * this")
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--ckpt-every", type=int, default=250)
-    p.add_argument("--eval-every", type=int, default=1000)
+    p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--eval-per-task", type=int, default=48, help="eval prompts per task and split")
     p.add_argument("--eval-steps", type=int, default=10, help="ODE steps when evaluating")
     p.add_argument("--eval-seed", type=int, default=1234)
@@ -221,7 +222,8 @@ def main() -> None:
     model.text_encoder.train().requires_grad_(True)
     ema_model = copy.deepcopy(model)
     metrics = (args.work_dir / "metrics.jsonl").open("a")
-    bar = tqdm(range(start, args.steps), desc="flow", initial=start, total=args.steps, mininterval=10)
+    end = args.steps if args.stop_at is None else min(args.stop_at, args.steps)
+    bar = tqdm(range(start, end), desc="flow", initial=start, total=end, mininterval=10)
     t0, loss_avg = time.time(), None
     for step in bar:
         for group in opt.param_groups:
@@ -247,12 +249,12 @@ def main() -> None:
             metrics.write(json.dumps({"step": done, "loss": loss_avg, "grad_norm": grad_norm.item(), "lr": lr_at(step, args),
                                       "elapsed_s": round(time.time() - t0, 1)}) + "\n")
             metrics.flush()
-        if done % args.ckpt_every == 0 or done == args.steps:
+        if done % args.ckpt_every == 0 or done == end:
             state.update(flow_step=done, data_rng=rng.bit_generator.state, torch_rng=torch.get_rng_state(), flow={
                 "transformer": model.transformer.state_dict(), "text_encoder": model.text_encoder.state_dict(),
                 "opt": opt.state_dict(), "ema": ema.state_dict()})
             atomic_save(state, ckpt)
-        if done % args.eval_every == 0 or done == args.steps:
+        if done % args.eval_every == 0 or done == end:
             ema_params = list(ema_model.transformer.parameters()) + list(ema_model.text_encoder.parameters())
             ema.copy_to(ema_params)
             result = evaluate(ema_model, args, done)

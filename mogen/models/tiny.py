@@ -51,8 +51,8 @@ class TinyConfig:
     text_heads: int = 4
     num_merges: int = 4096
     max_length: int = 16
-    num_layers: int = 4
-    num_heads: int = 4
+    num_layers: int = 6
+    num_heads: int = 3
     head_dim: int = 32
     sample_shift: float = 1.0
 
