@@ -64,15 +64,6 @@ class TextConditioning:
     prompt_embeds: torch.Tensor  # (B, L, D_text)
     pooled_prompt_embeds: torch.Tensor  # (B, D_text)
 
-    def __len__(self) -> int:
-        return self.prompt_embeds.shape[0]
-
-    def repeat_interleave(self, repeats: int) -> TextConditioning:
-        """Each prompt's conditioning `repeats` times in a row (a group of samples per prompt)."""
-        return TextConditioning(
-            self.prompt_embeds.repeat_interleave(repeats, dim=0), self.pooled_prompt_embeds.repeat_interleave(repeats, dim=0)
-        )
-
 
 class TinyT2I(torch.nn.Module):
     """Adapter around the tiny model's parts with the interface the trainer and samplers use."""
@@ -258,7 +249,6 @@ class TinyT2I(torch.nn.Module):
         eta: float = 0.7,
         generator: torch.Generator | None = None,
         seed: int | None = None,
-        return_latents: bool = False,
     ) -> torch.Tensor:
         """Images in [0, 1] (B, 3, H, W) for `prompts`, by Euler ODE steps or Flow-SDE steps.
 
@@ -281,4 +271,4 @@ class TinyT2I(torch.nn.Module):
                 noise = torch.randn(shape, generator=generator).to(self.device)
                 step = flow_sde_step(v, x, t, t_next, eta, noise=noise)
                 x = step.mean if t_next == 0.0 else step.prev_sample  # noise on the final image would only blur it
-        return x if return_latents else self.decode(x)
+        return self.decode(x)
