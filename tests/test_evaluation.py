@@ -248,7 +248,7 @@ def _stream(reward_slope: float, probe_slope: float, steps: int = 30, every: int
 
 def test_hacking_alarm_fires_when_reward_rises_and_a_probe_falls():
     directions = {"probe/heldout/color": True, "probe/kl_base/kl": None, "probe/fm/fm_loss": False}
-    alarm = HackingAlarm(AlarmConfig(margin=0.1, window=3, stop=True), directions)
+    alarm = HackingAlarm(AlarmConfig(margin=0.1, window=3, patience=1, stop=True), directions)
     messages = [m for m in map(alarm.update, _stream(0.01, -0.01)) if m]
     assert messages and alarm.should_stop
     assert "probe/heldout/color" in messages[0] and "reward/count" in messages[0] and "kl" not in messages[0].split("(")[2]
@@ -264,7 +264,7 @@ def test_hacking_alarm_stays_quiet_on_healthy_or_non_hacking_streams(reward_slop
 
 
 def test_hacking_alarm_watches_lower_is_better_probes():
-    alarm = HackingAlarm(AlarmConfig(margin=0.2, window=2), {"probe/fm/fm_loss": False})
+    alarm = HackingAlarm(AlarmConfig(margin=0.2, window=2, patience=1), {"probe/fm/fm_loss": False})
     rows = _stream(0.01, 0.0)
     for row in rows:
         if "probe/fm/fm_loss" in row:
@@ -365,3 +365,15 @@ def test_eval_takes_the_model_from_the_run_recipe_unless_overridden(tmp_path):
     assert resolve_model(None, None, None)[0].name == "builtin:tiny"
     with pytest.raises(ConfigError, match="--model/--family: family: Input should be 'tiny', 'sd3' or 'flux'"):
         resolve_model(None, "sdxl", None)
+
+
+def test_hacking_alarm_patience_ignores_a_single_bad_probe_evaluation():
+    rows = _stream(0.01, 0.0)
+    for row in rows:
+        if row["step"] == 15:
+            row["probe/heldout/color"] = 0.5  # one noisy evaluation
+        if row["step"] >= 25 and "probe/heldout/color" in row:
+            row["probe/heldout/color"] = 0.6  # a lasting drop
+    alarm = HackingAlarm(AlarmConfig(margin=0.1, window=3, patience=2), {"probe/heldout/color": True})
+    fired = [row["step"] for row in rows if alarm.update(row)]
+    assert fired == [30]

@@ -6,6 +6,7 @@ hacking (or of forgetting bought with the reward). The alarm watches the metrics
   trained reward rose:  mean of its last `window` values - mean of its first `window` values > 2 standard
                         errors of that difference (noise in a flat reward does not count as rising)
   probe worsened:       value < first - margin * |first|   (higher is better; mirrored when lower is better)
+                        at `patience` probe evaluations in a row (one noisy evaluation is not a trend)
 
 It fires on a step that logs probes when both hold, and returns a warning naming the reward and the probe.
 """
@@ -33,6 +34,7 @@ class HackingAlarm:
         self.cfg = cfg
         self.directions = {key: higher for key, higher in directions.items() if higher is not None}
         self.first: dict[str, float] = {}
+        self.strikes: dict[str, int] = {}  # consecutive probe evaluations beyond the margin
         self.history: dict[str, list[float]] = {}
         self.fired = False
 
@@ -64,7 +66,9 @@ class HackingAlarm:
                 continue
             first = self.first[key]
             gain = value - first if higher else first - value
-            if gain < -self.cfg.margin * max(abs(first), 1e-12):
+            beyond = gain < -self.cfg.margin * max(abs(first), 1e-12)
+            self.strikes[key] = self.strikes.get(key, 0) + 1 if beyond else 0
+            if self.strikes[key] >= self.cfg.patience:
                 worsened.append(f"{key} {first:.4g} -> {value:.4g} ({gain / max(abs(first), 1e-12):+.0%})")
         if not worsened:
             return None

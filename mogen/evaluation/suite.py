@@ -12,7 +12,7 @@ compared on exactly the same prompts and seeds. Loading reuses the recipe loader
         kind: scores                                      # scores | kl | diversity | flow_matching
         prompts: {split: heldout, tasks: [count], limit: 12}
         scorers: [{name: toy_verifier, label: count, kwargs: {attribute: count}}]
-    alarm: {margin: 0.1, window: 10, stop: false}
+    alarm: {margin: 0.1, window: 10, patience: 2, stop: false}
 """
 
 from __future__ import annotations
@@ -103,6 +103,7 @@ class AlarmConfig(_Section):
 
     margin: float = Field(0.1, gt=0, description="relative worsening of a probe vs its first value that counts")
     window: int = Field(10, ge=1, description="logged steps averaged to tell whether a trained reward rose")
+    patience: int = Field(2, ge=1, description="consecutive probe evaluations beyond the margin before it counts")
     stop: bool = Field(False, description="stop training when the alarm fires")
     rewards: list[str] | None = Field(None, description="trained metrics to watch; default every reward/* key")
 
