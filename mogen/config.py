@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
 
@@ -122,6 +122,12 @@ class TrainConfig(_Section):
     steps: int = Field(100, ge=1)
     seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: Any) -> Any:
+        """YAML reads a bare `no` as false; accept it as the 'no' it was written as."""
+        return "no" if value is False else value
     grad_clip: float | None = Field(1.0, gt=0)
     checkpoint_every: int = Field(25, ge=1)
     sample_every: int = Field(25, ge=1)

@@ -23,7 +23,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from mogen.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from mogen.config import Recipe, recipe_to_yaml
+from mogen.config import ConfigError, Recipe, recipe_to_yaml
 from mogen.export import export_lora
 from mogen.lora import adapter_disabled, attach_lora, save_lora
 from mogen.models.loading import load_policy
@@ -83,6 +83,8 @@ def align(recipe: Recipe, resume: bool = False) -> Path:
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tb")),
     )
     device = accelerator.device
+    if accelerator.num_processes > 1:  # group statistics and per-process seeds are not sharded yet
+        raise ConfigError("multi-process training is not supported yet: run `mogen align` as a single process")
 
     # --- setup -------------------------------------------------------------------------------------------
     run_dir.mkdir(parents=True, exist_ok=True)
