@@ -91,6 +91,31 @@ from mogen.evaluation.cli import eval_command, report_command  # noqa: E402  (`m
 app.command("eval")(eval_command)
 app.command("report")(report_command)
 
-from mogen.sample_cli import sample as sample_command  # noqa: E402  (`mogen sample`: images from a model as a grid)
 
-app.command("sample")(sample_command)
+@app.command("sample")
+def sample(
+    prompt: list[str] = typer.Option(..., "--prompt", "-p", help="A prompt; repeat the option for several rows."),
+    out: Path = typer.Option(Path("grid.png"), "--out", "-o", help="Where to write the PNG grid."),
+    model: str = typer.Option("builtin:tiny", "--model", help="'builtin:tiny' or a folder written by TinyT2I.save_pretrained."),
+    num: int = typer.Option(8, "--num", "-n", min=1, help="Images per prompt."),
+    steps: int = typer.Option(10, "--steps", min=1, help="Denoising steps."),
+    sampler: str = typer.Option("ode", "--sampler", help="'ode' (deterministic Euler) or 'sde' (Flow-SDE)."),
+    eta: float = typer.Option(0.7, "--eta", min=0.0, help="Noise level of the SDE sampler."),
+    seed: int = typer.Option(0, "--seed", help="Same seed, same images."),
+    device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda."),
+) -> None:
+    """Sample images for each prompt and write them as a labelled grid (one row per prompt)."""
+    if sampler not in ("ode", "sde"):
+        raise typer.BadParameter(f"must be 'ode' or 'sde', got {sampler!r}", param_hint="--sampler")
+    from mogen.models.tiny import TinyT2I
+    from mogen.samples import labelled_grid
+
+    try:
+        t2i = TinyT2I.from_pretrained(model, device=device)
+    except (FileNotFoundError, ValueError) as err:
+        raise typer.BadParameter(str(err), param_hint="--model") from None
+    prompts = [p for p in prompt for _ in range(num)]
+    images = t2i.sample(prompts, num_steps=steps, sampler=sampler, eta=eta, seed=seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    labelled_grid(images, list(prompt), num, scale=4).save(out)
+    typer.echo(f"wrote {len(prompts)} images to {out}")
