@@ -80,13 +80,12 @@ class RolloutConfig(_Section):
     group_size: int = Field(8, ge=2, description="samples per prompt; advantages are normalized within a group")
 
 
-class RewardConfig(_Section):
+class ScorerSpec(_Section):
+    """A scorer named through reward_zoo's registry, with its arguments (recipes' rewards, eval probes)."""
+
     name: str = Field(description="a scorer registered in reward_zoo (see `mogen rewards list`)")
-    label: str | None = Field(None, description="objective name in logs; defaults to name (+ attribute)")
-    weight: float = 1.0
+    label: str | None = Field(None, description="name in logs; defaults to name (+ _attribute)")
     kwargs: dict[str, Any] = Field(default_factory=dict)
-    kl_budget: float | None = Field(None, gt=0, description="this objective's DPPO delta; algorithm.delta if unset")
-    max_ref_kl: float | None = Field(None, gt=0, description="stop this objective while KL to base exceeds this")
 
     @property
     def key(self) -> str:
@@ -94,6 +93,14 @@ class RewardConfig(_Section):
             return self.label
         attribute = self.kwargs.get("attribute")
         return f"{self.name}_{attribute}" if attribute else self.name
+
+
+class RewardConfig(ScorerSpec):
+    """One trained objective: a scorer, its weight and its KL budgets."""
+
+    weight: float = 1.0
+    kl_budget: float | None = Field(None, gt=0, description="this objective's DPPO delta; algorithm.delta if unset")
+    max_ref_kl: float | None = Field(None, gt=0, description="stop this objective while KL to base exceeds this")
 
 
 class AdvantageConfig(_Section):

@@ -8,7 +8,6 @@ import shutil
 import string
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

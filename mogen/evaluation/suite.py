@@ -18,11 +18,11 @@ compared on exactly the same prompts and seeds. Loading reuses the recipe loader
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from mogen.config import ConfigError, _format_validation_error, _load_with_includes, _merge, _Section
+from mogen.config import ConfigError, ScorerSpec, _format_validation_error, _load_with_includes, _merge, _Section
 from mogen.prompts import read_prompt_file
 from mogen.toyworld import TASKS, enumerate_prompts
 
@@ -52,19 +52,6 @@ class ProbePrompts(_Section):
         if self.source == "file" and not self.path:
             raise ValueError("path is required when source is 'file'")
         return self
-
-
-class ScorerSpec(_Section):
-    name: str = Field(description="a scorer registered in reward_zoo (see `mogen rewards list`)")
-    label: str | None = Field(None, description="metric name; defaults to name (+ _attribute)")
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-
-    @property
-    def key(self) -> str:
-        if self.label:
-            return self.label
-        attribute = self.kwargs.get("attribute")
-        return f"{self.name}_{attribute}" if attribute else self.name
 
 
 class Probe(_Section):
