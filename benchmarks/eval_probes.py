@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from mogen.config import LoraConfig, ModelConfig
-from mogen.evaluation import load_suite, run_suite
+from mogen.evaluation.probes import run_suite
+from mogen.evaluation.suite import load_suite
 from mogen.evaluation.suite import Suite
 from mogen.lora import attach_lora
 from mogen.models import TinyConfig, TinyT2I, builtin_tiny_path

@@ -116,7 +116,7 @@ def align(recipe: Recipe, resume: bool = False) -> Path:
     # --- train -------------------------------------------------------------------------------------------
     if probes and start_step == 0:  # the base model's probe values: what later steps are compared against
         baseline = {"step": 0, **probes.run(policy)}
-        probes.check(baseline, 0)
+        probes.check(baseline)
         log.write(baseline)
     progress = tqdm(range(start_step, recipe.train.steps), initial=start_step, total=recipe.train.steps, desc="align")
     for step in progress:
@@ -168,7 +168,7 @@ def align(recipe: Recipe, resume: bool = False) -> Path:
         done = step + 1
         if probes and done % recipe.eval.every == 0:
             metrics.update(probes.run(policy))
-        probes.check(metrics, done)
+        probes.check(metrics)
         log.write(metrics)
         progress.set_postfix(reward=f"{metrics['reward/total']:.3f}", kl_ref=f"{ref_kl:.2e}", mask=f"{metrics['mask_fraction']:.2f}")
 

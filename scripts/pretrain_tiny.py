@@ -230,7 +230,7 @@ def main() -> None:
             group["lr"] = lr_at(step, args)
         prompts, images = sample_batch(args.batch_size, rng, split="train")
         with torch.no_grad():
-            x0 = model.encode(images)
+            x0 = model.encode_images(images)
         eps = torch.randn_like(x0)
         t = torch.sigmoid(torch.randn(x0.shape[0]))  # logit-normal(0, 1) flow times
         t_ = t.view(-1, 1, 1, 1)

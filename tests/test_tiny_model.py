@@ -69,7 +69,7 @@ def test_save_load_round_trip_gives_equal_outputs(random_model, tmp_path):
 def test_latent_round_trip_shapes(random_model):
     images = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
-        latents = random_model.encode(images)
+        latents = random_model.encode_images(images)
         assert latents.shape == (2, *random_model.latent_shape) == (2, 4, 8, 8)
         assert random_model.decode(latents).shape == images.shape
 

@@ -40,16 +40,16 @@ class Probes:
             metrics.update(run_probes(policy, suite))
         return metrics
 
-    def check(self, metrics: dict[str, float], step: int) -> None:
+    def check(self, metrics: dict[str, float]) -> None:
         """Give a step's logged metrics (rewards and, on eval steps, probes) to the alarms; warn when one fires."""
         for alarm in self.alarms:
             message = alarm.update(metrics)
             if message:
-                warnings.warn(f"step {step}: {message}")
+                warnings.warn(message)
 
     def replay(self, logged: list[dict[str, float]]) -> None:
         """On `--resume`, rebuild the alarms' history from the metrics already logged (without warning again)."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for metrics in logged:
-                self.check(metrics, int(metrics["step"]))
+                self.check(metrics)

@@ -230,7 +230,7 @@ class TinyT2I(torch.nn.Module):
             return_dict=False,
         )[0]
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] (B, 3, H, W) -> normalized latents (posterior mode)."""
         latents = self.vae.encode(images.to(self.vae.dtype) * 2 - 1).latent_dist.mode()
         return (latents - self.vae.config.shift_factor) * self.vae.config.scaling_factor
