@@ -45,10 +45,14 @@ def check_pipeline_folder(path: str | Path, family: str, transformer_class: str)
     return folder
 
 
-def freeze(modules: Sequence[torch.nn.Module]) -> None:
-    """Frozen and in eval mode: text encoders and the VAE never train."""
-    for module in modules:
+def freeze_and_place(transformer: torch.nn.Module, helpers: Sequence[torch.nn.Module], device: torch.device, offload: bool) -> None:
+    """Freeze everything (LoRA is attached later), put the transformer on `device`, and the text encoders and
+    VAE there too unless they are offloaded to the CPU between uses."""
+    for module in [transformer, *helpers]:
         module.requires_grad_(False).eval()
+    transformer.to(device)
+    for module in helpers:
+        module.to("cpu" if offload else device)
 
 
 @contextmanager

@@ -17,7 +17,7 @@ import torch
 from diffusers import FluxPipeline
 
 from mogen.config import ConfigError
-from mogen.models.common import check_pipeline_folder, check_prompts, freeze, latent_size, on_device, schedule_shift
+from mogen.models.common import check_pipeline_folder, check_prompts, freeze_and_place, latent_size, on_device, schedule_shift
 from mogen.rollout import Conditioning
 
 
@@ -52,10 +52,7 @@ class FluxPolicy:
         # positions (0, row, col) of the packed patches; the same for every sample, so computed once
         self.image_ids = pipeline._prepare_latent_image_ids(1, size // 2, size // 2, self.device, self.dtype)
 
-        freeze([self.transformer, self.vae, *self.text_encoders])
-        self.transformer.to(self.device)
-        for module in [self.vae, *self.text_encoders]:
-            module.to("cpu" if offload else self.device)
+        freeze_and_place(self.transformer, [self.vae, *self.text_encoders], self.device, offload)
 
     @classmethod
     def from_pretrained(

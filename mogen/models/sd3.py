@@ -15,7 +15,7 @@ import torch
 from diffusers import StableDiffusion3Pipeline
 
 from mogen.config import ConfigError
-from mogen.models.common import check_pipeline_folder, check_prompts, freeze, latent_size, on_device, schedule_shift
+from mogen.models.common import check_pipeline_folder, check_prompts, freeze_and_place, latent_size, on_device, schedule_shift
 from mogen.rollout import Conditioning
 
 
@@ -50,10 +50,7 @@ class SD3Policy:
         self.scaling_factor = self.vae.config.scaling_factor
         self.shift_factor = self.vae.config.shift_factor or 0.0
 
-        freeze([self.transformer, self.vae, *self.text_encoders])
-        self.transformer.to(self.device)
-        for module in [self.vae, *self.text_encoders]:
-            module.to("cpu" if offload else self.device)
+        freeze_and_place(self.transformer, [self.vae, *self.text_encoders], self.device, offload)
 
     @classmethod
     def from_pretrained(
