@@ -31,6 +31,7 @@ class ModelConfig(_Section):
     resolution: int | None = Field(None, ge=16, description="image side in pixels (sd3/flux); the model's default if unset")
     max_sequence_length: int | None = Field(None, ge=1, description="T5 tokens (sd3/flux); the pipeline's default if unset")
     offload: bool = Field(False, description="keep text encoders and VAE on the CPU except while they run (sd3/flux)")
+    gradient_checkpointing: bool = Field(False, description="recompute transformer activations in backward (memory)")
 
 
 class LoraConfig(_Section):

@@ -95,6 +95,8 @@ def align(recipe: Recipe, resume: bool = False) -> Path:
     set_seed(recipe.train.seed)  # LoRA's initial A matrices come from the global RNG
     policy = load_policy(recipe.model, device=device, guidance_scale=recipe.sampler.guidance_scale)
     trainable = attach_lora(policy.transformer, recipe.lora)
+    if recipe.model.gradient_checkpointing:
+        policy.transformer.enable_gradient_checkpointing()
     optimizer = torch.optim.AdamW(
         trainable, lr=recipe.optim.lr, betas=recipe.optim.betas, eps=recipe.optim.eps, weight_decay=recipe.optim.weight_decay
     )

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
@@ -160,3 +161,13 @@ def test_probes_run_before_training_and_every_n_steps(tmp_path: Path, tiny_model
     assert metrics[0]["probe/kl_base/kl"] == 0.0  # the LoRA starts at zero: the policy is the base model
     assert metrics[2]["probe/kl_base/kl"] > 0.0
     assert "probe/heldout_count/count" in metrics[2] and "probe/heldout_count/count" not in metrics[1]
+
+
+def test_gradient_checkpointing_gives_the_same_update(tmp_path: Path, tiny_model_dir: Path) -> None:
+    path = _recipe_file(tmp_path, tiny_model_dir)
+    loras = []
+    for flag in (False, True):
+        recipe = load_recipe(path, [f"model.gradient_checkpointing={str(flag).lower()}", "train.steps=1", f"output_dir={tmp_path / str(flag)}"])
+        loras.append(load_file(str(align(recipe) / "lora" / "adapter.safetensors")))
+    assert all(torch.allclose(loras[0][k], loras[1][k], atol=1e-7) for k in loras[0])
+    assert any((v != 0).any() for k, v in loras[1].items() if "lora_B" in k)
