@@ -1,0 +1,226 @@
+"""Flow-DPPO vs ratio clipping (GRPO), in miniature: the quickstart recipe under each algorithm, over seeds.
+
+Every run is `recipes/quickstart.yaml` (builtin:tiny, 100 steps, probes of recipes/eval/quickstart.yaml at
+steps 0/50/100) with `--set`-style overrides, trained by `align` on one thread, two runs in parallel. From each
+run's metrics.jsonl we keep the probes at 0/50/100, the final KL to base, the mean mask (DPPO) or clip
+(GRPO) fraction and the seconds per step; the JSON holds every run and the mean +- std over seeds per variant,
+and the PNG plots the trained mean over steps and the trained gain against KL to base.
+
+    python benchmarks/compare_algorithms.py            # all variants (about 25 min on 2 cores)
+    python benchmarks/compare_algorithms.py --quick    # seed 0 of dppo and grpo only
+    python benchmarks/compare_algorithms.py --only dppo_cps --seeds 0 1 2   # finished runs are reused
+
+(Run it as a script: in a venv with fairscale installed, `python -m benchmarks...` imports fairscale's own
+top-level `benchmarks` package instead of this folder.)
+
+A run whose metrics.jsonl already reaches the last step is not run again (delete its folder to redo it).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch loads: one thread per run, two runs on two cores
+
+import argparse
+import json
+import multiprocessing
+import platform
+import subprocess
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mogen.config import load_recipe
+from mogen.evaluation.runs import load_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "quickstart.yaml"
+OUT_JSON = ROOT / "benchmarks" / "results" / "compare_algorithms.json"
+OUT_PNG = ROOT / "benchmarks" / "results" / "compare_algorithms.png"
+PROBES = ["probe/trained/count", "probe/trained/shape", "probe/trained/position", "probe/heldout/color", "probe/kl_base/kl"]
+TRAINED = PROBES[:3]
+PROBE_STEPS = [0, 50, 100]
+# Variants: overrides on top of the quickstart (which is dppo, delta 5e-5, lr 3e-4, 2 minibatches per batch).
+# The quickstart's |ratio - 1| reaches about 2e-4 per batch (median of update/ratio_min/max), so GRPO's clip at
+# 1e-4 (the published value) already sits at the scale the ratio moves; 2e-4 clips only the tails.
+# The DPPO mask at delta 5e-5 never fires in the quickstart (update/kl_max is 3e-6..1e-5): the kl_budget
+# variant gives position a budget of 2e-6, inside that range, so its mask acts.
+VARIANTS: dict[str, list[str]] = {
+    "dppo": [],
+    "grpo_clip1e-4": ["algorithm.name=grpo", "algorithm.clip_range=1.0e-4"],
+    "grpo_clip2e-4": ["algorithm.name=grpo", "algorithm.clip_range=2.0e-4"],
+    "dppo_cps": ["sampler.kind=cps"],
+    "dppo_klbudget_position2e-6": ["rewards.2.kl_budget=2.0e-6"],
+}
+SEEDS = {"dppo": [0, 1, 2], "grpo_clip1e-4": [0, 1, 2], "grpo_clip2e-4": [0, 1, 2], "dppo_cps": [0], "dppo_klbudget_position2e-6": [0]}
+
+
+def run_one(name: str, seed: int, overrides: list[str], run_dir: Path) -> float:
+    """Train one variant (in a worker process, one thread); returns wall-clock seconds."""
+    from mogen.trainer import align
+
+    torch.set_num_threads(1)
+    settings = [*overrides, f"train.seed={seed}", f"output_dir={run_dir}", "train.log_with=[]"]
+    started = time.perf_counter()
+    align(load_recipe(RECIPE, settings))
+    return time.perf_counter() - started
+
+
+def finished(run_dir: Path, steps: int) -> bool:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return False
+    series = load_metrics(run_dir)
+    return bool(np.nanmax(series["step"]) >= steps and np.isfinite(series["probe/trained/count"][series["step"] == steps]).any())
+
+
+def summarize(run_dir: Path) -> dict:
+    """The numbers of one run, from its metrics.jsonl."""
+    s = load_metrics(run_dir)
+    step = s["step"]
+    probes = {}
+    for at in PROBE_STEPS:
+        row = {k.removeprefix("probe/"): float(np.nanmax(s[k][step == at])) for k in PROBES}
+        row["trained/mean"] = float(np.mean([row[k.removeprefix("probe/")] for k in TRAINED]))
+        probes[str(at)] = row
+    train_rows = np.isfinite(s["time/train_s"])
+    times = {k: float(np.mean(s[f"time/{k}_s"][train_rows])) for k in ("rollout", "reward", "train")}
+    times["total"] = sum(times.values())
+    return {
+        "probes": probes,
+        "trained_mean_gain": probes[str(PROBE_STEPS[-1])]["trained/mean"] - probes["0"]["trained/mean"],
+        "final_kl_ref": float(s["kl/ref"][train_rows][-1]),
+        "mean_mask_or_clip_fraction": float(np.mean(s["mask_fraction"][train_rows])),
+        "fraction_of_steps_with_mask_or_clip": float(np.mean(s["mask_fraction"][train_rows] > 0)),
+        "update_kl_max_median": float(np.median(s["update/kl_max"][train_rows])),
+        "ratio_abs_dev_median": float(np.median(np.maximum(1 - s["update/ratio_min"], s["update/ratio_max"] - 1)[train_rows])),
+        "seconds_per_step": times,
+        "trained_mean_curve": {str(at): probes[str(at)]["trained/mean"] for at in PROBE_STEPS},
+    }
+
+
+def aggregate(runs: dict[int, dict]) -> dict:
+    """Mean and std (ddof 1 when there are 2+ seeds) over seeds of the headline numbers."""
+    def stat(values: list[float]) -> dict:
+        arr = np.asarray(values, dtype=float)
+        return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else None, "n": len(arr)}
+
+    last = str(PROBE_STEPS[-1])
+    out = {f"step{at}/{k}": stat([r["probes"][str(at)][k] for r in runs.values()]) for at in PROBE_STEPS for k in r_keys()}
+    out["trained_mean_gain"] = stat([r["trained_mean_gain"] for r in runs.values()])
+    out["final_kl_ref"] = stat([r["final_kl_ref"] for r in runs.values()])
+    out["mean_mask_or_clip_fraction"] = stat([r["mean_mask_or_clip_fraction"] for r in runs.values()])
+    out["seconds_per_step"] = stat([r["seconds_per_step"]["total"] for r in runs.values()])
+    out["heldout_color_change"] = stat([r["probes"][last]["heldout/color"] - r["probes"]["0"]["heldout/color"] for r in runs.values()])
+    return out
+
+
+def r_keys() -> list[str]:
+    return [k.removeprefix("probe/") for k in PROBES] + ["trained/mean"]
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for i, (name, variant) in enumerate(results["variants"].items()):
+        runs = variant["runs"]
+        if not runs:
+            continue
+        color = f"C{i}"
+        curves = np.array([[r["trained_mean_curve"][str(at)] for at in PROBE_STEPS] for r in runs.values()])
+        mean = curves.mean(0)
+        left.plot(PROBE_STEPS, mean, "-o", color=color, label=f"{name} (n={len(runs)})")
+        if len(runs) > 1:
+            left.fill_between(PROBE_STEPS, curves.min(0), curves.max(0), color=color, alpha=0.15)
+        kls = [r["probes"][str(PROBE_STEPS[-1])]["kl_base/kl"] for r in runs.values()]
+        gains = [r["trained_mean_gain"] for r in runs.values()]
+        right.scatter(kls, gains, color=color, label=name, s=40)
+        right.errorbar(np.mean(kls), np.mean(gains), xerr=np.std(kls), yerr=np.std(gains), color=color, marker="*", ms=14, capsize=3)
+    left.set(xlabel="step", ylabel="trained mean (count, shape, position)", title="Trained mean vs step (band: min-max over seeds)")
+    right.set(xlabel="KL to base at step 100 (probe/kl_base/kl)", ylabel="trained mean gain, step 100 - step 0",
+              title="Gain vs KL to base (dots: seeds, star: mean +- std)")
+    right.axhline(0, color="grey", lw=0.5)
+    left.legend(fontsize=8)
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def machine() -> dict:
+    import diffusers
+
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "torch": torch.__version__, "diffusers": diffusers.__version__, "git_commit": commit or "unknown",
+            "torch_threads_per_run": 1, "parallel_runs": 2}
+
+
+def collect(work_dir: Path, wall: dict[str, float]) -> dict:
+    """Every finished run under work_dir (this invocation's and earlier ones'), per variant."""
+    results = {"recipe": str(RECIPE.relative_to(ROOT)), "machine": machine(), "variants": {}}
+    earlier = json.loads(OUT_JSON.read_text())["variants"] if OUT_JSON.is_file() else {}  # reused runs keep their time
+    earlier_wall = {f"{n}/seed{s}": r.get("wall_seconds") for n, v in earlier.items() for s, r in v["runs"].items()}
+    for name in VARIANTS:
+        seeds = sorted(int(d.name.removeprefix("seed")) for d in (work_dir / name).glob("seed*"))
+        runs = {s: summarize(work_dir / name / f"seed{s}") for s in seeds if finished(work_dir / name / f"seed{s}", 100)}
+        for s, r in runs.items():
+            r["wall_seconds"] = wall.get(f"{name}/seed{s}", earlier_wall.get(f"{name}/seed{s}"))
+        results["variants"][name] = {"overrides": VARIANTS[name], "seeds": sorted(runs),
+                                      "summary": aggregate(runs) if runs else None, "runs": {str(s): r for s, r in runs.items()}}
+    return results
+
+
+def write(results: dict) -> None:
+    OUT_JSON.parent.mkdir(parents=True, exist_ok=True)
+    OUT_JSON.write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, OUT_PNG)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="seed 0 of dppo and grpo_clip1e-4 only")
+    parser.add_argument("--only", nargs="+", choices=list(VARIANTS), help="run only these variants")
+    parser.add_argument("--seeds", nargs="+", type=int, help="override the seeds of every chosen variant")
+    parser.add_argument("--work-dir", type=Path, default=Path("runs/compare_algorithms"))
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    plan = {"dppo": [0], "grpo_clip1e-4": [0]} if args.quick else dict(SEEDS)
+    if args.only:
+        plan = {k: v for k, v in plan.items() if k in args.only}
+    if args.seeds:
+        plan = {k: args.seeds for k in plan}
+    # Seed 0 of every variant first, then the other seeds: a cut-short benchmark still covers each variant.
+    jobs = sorted(((name, s) for name, seeds in plan.items() for s in seeds), key=lambda job: job[1])
+    todo = [(n, s) for n, s in jobs if not finished(args.work_dir / n / f"seed{s}", 100)]
+    wall: dict[str, float] = {}
+    started = time.perf_counter()
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(run_one, n, s, VARIANTS[n], (args.work_dir / n / f"seed{s}").resolve()): f"{n}/seed{s}" for n, s in todo}
+        for future in as_completed(futures):
+            wall[futures[future]] = round(future.result(), 1)
+            print(f"done {futures[future]} in {wall[futures[future]]} s", flush=True)
+            write(collect(args.work_dir, wall))  # partial results land as runs finish
+    results = collect(args.work_dir, wall)
+    results["total_wall_seconds"] = round(time.perf_counter() - started, 1)
+    write(results)
+    for name, variant in results["variants"].items():
+        if variant["summary"]:
+            sm = variant["summary"]
+            print(f"{name:28s} n={len(variant['seeds'])} trained {sm['step0/trained/mean']['mean']:.3f} -> "
+                  f"{sm['step100/trained/mean']['mean']:.3f}  gain {sm['trained_mean_gain']['mean']:+.3f}"
+                  f"  KL {sm['step100/kl_base/kl']['mean']:.3f}  mask/clip {sm['mean_mask_or_clip_fraction']['mean']:.3f}")
+    print(f"wrote {OUT_JSON} and {OUT_PNG}")
+
+
+if __name__ == "__main__":
+    main()
