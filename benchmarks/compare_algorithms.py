@@ -56,18 +56,32 @@ VARIANTS: dict[str, list[str]] = {
     "dppo_cps": ["sampler.kind=cps"],
     "dppo_klbudget_position2e-6": ["rewards.2.kl_budget=2.0e-6"],
 }
+NOTES = [
+    "mean_mask_or_clip_fraction: DPPO's masked or GRPO's clipped share of sample-steps, averaged over updates and steps;"
+    " the first minibatch of each batch is on-policy (ratio 1, KL 0), so at most half of it can fire.",
+    "dppo_cps keeps delta 5e-5 (not rescaled): update/kl_max_median shows the per-step KL scale under CPS.",
+    "seconds_per_step: the trainer's time/rollout_s, reward_s, train_s per step; probes (steps 0/50/100) are extra.",
+    "probes: recipes/eval/quickstart.yaml, 24 fixed prompts x 4 images, ODE, seed 1234; trained/mean is the mean of"
+    " count, shape and position; kl_base/kl is the mean per-step KL to the base on held-out prompts.",
+]
 SEEDS = {"dppo": [0, 1, 2], "grpo_clip1e-4": [0, 1, 2], "grpo_clip2e-4": [0, 1, 2], "dppo_cps": [0], "dppo_klbudget_position2e-6": [0]}
 
 
-def run_one(name: str, seed: int, overrides: list[str], run_dir: Path) -> float:
-    """Train one variant (in a worker process, one thread); returns wall-clock seconds."""
+def run_one(name: str, seed: int, overrides: list[str], run_dir: Path) -> tuple[float, str]:
+    """Train one variant (in a worker process, one thread); returns wall-clock seconds and the git commit."""
     from mogen.trainer import align
 
     torch.set_num_threads(1)
     settings = [*overrides, f"train.seed={seed}", f"output_dir={run_dir}", "train.log_with=[]"]
     started = time.perf_counter()
     align(load_recipe(RECIPE, settings))
-    return time.perf_counter() - started
+    return time.perf_counter() - started, git_commit()
+
+
+def git_commit() -> str:
+    """HEAD of the checkout (others commit while a benchmark runs: each run records its own)."""
+    out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
 
 
 def finished(run_dir: Path, steps: int) -> bool:
@@ -158,22 +172,23 @@ def plot(results: dict, path: Path) -> None:
 def machine() -> dict:
     import diffusers
 
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     return {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "torch": torch.__version__, "diffusers": diffusers.__version__, "git_commit": commit or "unknown",
+            "torch": torch.__version__, "diffusers": diffusers.__version__, "git_commit_at_write": git_commit(),
             "torch_threads_per_run": 1, "parallel_runs": 2}
 
 
-def collect(work_dir: Path, wall: dict[str, float]) -> dict:
+def collect(work_dir: Path, done: dict[str, tuple[float, str]]) -> dict:
     """Every finished run under work_dir (this invocation's and earlier ones'), per variant."""
-    results = {"recipe": str(RECIPE.relative_to(ROOT)), "machine": machine(), "variants": {}}
-    earlier = json.loads(OUT_JSON.read_text())["variants"] if OUT_JSON.is_file() else {}  # reused runs keep their time
-    earlier_wall = {f"{n}/seed{s}": r.get("wall_seconds") for n, v in earlier.items() for s, r in v["runs"].items()}
+    results = {"recipe": str(RECIPE.relative_to(ROOT)), "machine": machine(), "notes": NOTES, "variants": {}}
+    earlier = json.loads(OUT_JSON.read_text()) if OUT_JSON.is_file() else {"variants": {}}  # reused runs keep their info
+    before = earlier.get("machine", {}).get("git_commit")  # files written before runs recorded their own commit
+    earlier_done = {f"{n}/seed{s}": (r.get("wall_seconds"), r.get("git_commit", before))
+                    for n, v in earlier["variants"].items() for s, r in v["runs"].items()}
     for name in VARIANTS:
         seeds = sorted(int(d.name.removeprefix("seed")) for d in (work_dir / name).glob("seed*"))
         runs = {s: summarize(work_dir / name / f"seed{s}") for s in seeds if finished(work_dir / name / f"seed{s}", 100)}
         for s, r in runs.items():
-            r["wall_seconds"] = wall.get(f"{name}/seed{s}", earlier_wall.get(f"{name}/seed{s}"))
+            r["wall_seconds"], r["git_commit"] = done.get(f"{name}/seed{s}", earlier_done.get(f"{name}/seed{s}", (None, None)))
         results["variants"][name] = {"overrides": VARIANTS[name], "seeds": sorted(runs),
                                       "summary": aggregate(runs) if runs else None, "runs": {str(s): r for s, r in runs.items()}}
     return results
@@ -202,15 +217,16 @@ def main() -> None:
     # Seed 0 of every variant first, then the other seeds: a cut-short benchmark still covers each variant.
     jobs = sorted(((name, s) for name, seeds in plan.items() for s in seeds), key=lambda job: job[1])
     todo = [(n, s) for n, s in jobs if not finished(args.work_dir / n / f"seed{s}", 100)]
-    wall: dict[str, float] = {}
+    done: dict[str, tuple[float, str]] = {}
     started = time.perf_counter()
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(run_one, n, s, VARIANTS[n], (args.work_dir / n / f"seed{s}").resolve()): f"{n}/seed{s}" for n, s in todo}
         for future in as_completed(futures):
-            wall[futures[future]] = round(future.result(), 1)
-            print(f"done {futures[future]} in {wall[futures[future]]} s", flush=True)
-            write(collect(args.work_dir, wall))  # partial results land as runs finish
-    results = collect(args.work_dir, wall)
+            seconds, commit = future.result()
+            done[futures[future]] = (round(seconds, 1), commit)
+            print(f"done {futures[future]} in {seconds:.0f} s", flush=True)
+            write(collect(args.work_dir, done))  # partial results land as runs finish
+    results = collect(args.work_dir, done)
     results["total_wall_seconds"] = round(time.perf_counter() - started, 1)
     write(results)
     for name, variant in results["variants"].items():
