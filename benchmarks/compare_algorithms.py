@@ -48,23 +48,28 @@ PROBE_STEPS = [0, 50, 100]
 # The quickstart's |ratio - 1| reaches about 2e-4 per batch (median of update/ratio_min/max), so GRPO's clip at
 # 1e-4 (the published value) already sits at the scale the ratio moves; 2e-4 clips only the tails.
 # The DPPO mask at delta 5e-5 never fires in the quickstart (update/kl_max is 3e-6..1e-5): the kl_budget
-# variant gives position a budget of 2e-6, inside that range, so its mask acts.
+# variant gives position a budget of 2e-6, inside that range, so its mask acts; dppo_delta2e-6 does so for all
+# three objectives (DPPO with a trust region that binds, the counterpart of GRPO's clip at 1e-4).
 VARIANTS: dict[str, list[str]] = {
     "dppo": [],
     "grpo_clip1e-4": ["algorithm.name=grpo", "algorithm.clip_range=1.0e-4"],
     "grpo_clip2e-4": ["algorithm.name=grpo", "algorithm.clip_range=2.0e-4"],
     "dppo_cps": ["sampler.kind=cps"],
     "dppo_klbudget_position2e-6": ["rewards.2.kl_budget=2.0e-6"],
+    "dppo_delta2e-6": ["algorithm.delta=2.0e-6"],
 }
 NOTES = [
     "mean_mask_or_clip_fraction: DPPO's masked or GRPO's clipped share of sample-steps, averaged over updates and steps;"
     " the first minibatch of each batch is on-policy (ratio 1, KL 0), so at most half of it can fire.",
+    "update_kl_max_median: DPPO's exact per-step KL; for GRPO the one-sample k3 estimate (not comparable)."
+    " kl_old_new_median: the exact KL between the policy before and after each batch's update, for both.",
     "dppo_cps keeps delta 5e-5 (not rescaled): update/kl_max_median shows the per-step KL scale under CPS.",
     "seconds_per_step: the trainer's time/rollout_s, reward_s, train_s per step; probes (steps 0/50/100) are extra.",
     "probes: recipes/eval/quickstart.yaml, 24 fixed prompts x 4 images, ODE, seed 1234; trained/mean is the mean of"
     " count, shape and position; kl_base/kl is the mean per-step KL to the base on held-out prompts.",
 ]
-SEEDS = {"dppo": [0, 1, 2], "grpo_clip1e-4": [0, 1, 2], "grpo_clip2e-4": [0, 1, 2], "dppo_cps": [0], "dppo_klbudget_position2e-6": [0]}
+SEEDS = {"dppo": [0, 1, 2], "grpo_clip1e-4": [0, 1, 2], "grpo_clip2e-4": [0, 1, 2], "dppo_cps": [0], "dppo_klbudget_position2e-6": [0],
+         "dppo_delta2e-6": [0]}
 
 
 def run_one(name: str, seed: int, overrides: list[str], run_dir: Path) -> tuple[float, str]:
@@ -111,6 +116,7 @@ def summarize(run_dir: Path) -> dict:
         "mean_mask_or_clip_fraction": float(np.mean(s["mask_fraction"][train_rows])),
         "fraction_of_steps_with_mask_or_clip": float(np.mean(s["mask_fraction"][train_rows] > 0)),
         "update_kl_max_median": float(np.median(s["update/kl_max"][train_rows])),
+        "kl_old_new_median": float(np.median(s["kl/old_new"][train_rows])),
         "ratio_abs_dev_median": float(np.median(np.maximum(1 - s["update/ratio_min"], s["update/ratio_max"] - 1)[train_rows])),
         "seconds_per_step": times,
         "trained_mean_curve": {str(at): probes[str(at)]["trained/mean"] for at in PROBE_STEPS},
