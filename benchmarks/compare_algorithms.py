@@ -206,6 +206,25 @@ def write(results: dict) -> None:
     plot(results, OUT_PNG)
 
 
+def table(results: dict) -> str:
+    """Markdown: mean +- std over seeds per variant (the numbers the README quotes)."""
+    def cell(stat: dict, digits: int = 3, sign: str = "") -> str:
+        return f"{stat['mean']:{sign}.{digits}f}" + (f" ± {stat['std']:.{digits}f}" if stat["std"] is not None else "")
+
+    lines = ["| variant | seeds | trained mean 0 / 50 / 100 | gain | count | shape | position | held-out colour | KL to base | kl/ref | mask or clip | s/step |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, variant in results["variants"].items():
+        sm = variant["summary"]
+        if not sm:
+            continue
+        curve = " / ".join(cell(sm[f"step{at}/trained/mean"]) for at in PROBE_STEPS)
+        lines.append(f"| {name} | {','.join(map(str, variant['seeds']))} | {curve} | {cell(sm['trained_mean_gain'], sign='+')} | "
+                     + " | ".join(cell(sm[f"step100/{k}"]) for k in ("trained/count", "trained/shape", "trained/position", "heldout/color"))
+                     + f" | {cell(sm['step100/kl_base/kl'], 4)} | {cell(sm['final_kl_ref'], 4)} | {cell(sm['mean_mask_or_clip_fraction'], 4)}"
+                     + f" | {cell(sm['seconds_per_step'], 2)} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="seed 0 of dppo and grpo_clip1e-4 only")
@@ -213,7 +232,11 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, help="override the seeds of every chosen variant")
     parser.add_argument("--work-dir", type=Path, default=Path("runs/compare_algorithms"))
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
+    parser.add_argument("--table", action="store_true", help="print the results JSON as a markdown table and exit")
     args = parser.parse_args()
+    if args.table:
+        print(table(json.loads(OUT_JSON.read_text())))
+        return
     torch.set_num_threads(1)
     plan = {"dppo": [0], "grpo_clip1e-4": [0]} if args.quick else dict(SEEDS)
     if args.only:
@@ -235,12 +258,7 @@ def main() -> None:
     results = collect(args.work_dir, done)
     results["total_wall_seconds"] = round(time.perf_counter() - started, 1)
     write(results)
-    for name, variant in results["variants"].items():
-        if variant["summary"]:
-            sm = variant["summary"]
-            print(f"{name:28s} n={len(variant['seeds'])} trained {sm['step0/trained/mean']['mean']:.3f} -> "
-                  f"{sm['step100/trained/mean']['mean']:.3f}  gain {sm['trained_mean_gain']['mean']:+.3f}"
-                  f"  KL {sm['step100/kl_base/kl']['mean']:.3f}  mask/clip {sm['mean_mask_or_clip_fraction']['mean']:.3f}")
+    print(table(results))
     print(f"wrote {OUT_JSON} and {OUT_PNG}")
 
 
