@@ -83,15 +83,21 @@ def _device(policy: FlowPolicy) -> torch.device:
     return next(policy.transformer.parameters()).device
 
 
-@torch.no_grad()
-def sample_images(policy: FlowPolicy, prompts: list[str], sampler: ProbeSampler) -> torch.Tensor:
-    """Deterministic ODE samples (B, 3, H, W) in [0, 1], one per entry of `prompts`, from seed `sampler.seed`."""
+def _trajectory_start(policy: FlowPolicy, prompts: list[str], sampler: ProbeSampler):
+    """What every sampled probe starts from: the seeded CPU generator, the initial noise (drawn on the CPU so the
+    same seed gives the same images on any device), batch slices, their conditioning and the time grid."""
     device = _device(policy)
     generator = torch.Generator().manual_seed(sampler.seed)
     x = torch.randn((len(prompts), *policy.latent_shape), generator=generator).to(device)
     parts = _parts(len(prompts), sampler.batch_size)
     conds = [policy.encode_prompts(prompts[p]) for p in parts]
-    times = timesteps(sampler.num_steps, sampler.shift, device=device)
+    return device, generator, x, parts, conds, timesteps(sampler.num_steps, sampler.shift, device=device)
+
+
+@torch.no_grad()
+def sample_images(policy: FlowPolicy, prompts: list[str], sampler: ProbeSampler) -> torch.Tensor:
+    """Deterministic ODE samples (B, 3, H, W) in [0, 1], one per entry of `prompts`, from seed `sampler.seed`."""
+    _, _, x, parts, conds, times = _trajectory_start(policy, prompts, sampler)
     for t, t_next in zip(times[:-1], times[1:]):
         x = torch.cat([ode_step(policy.velocity(x[p], t.expand(len(x[p])), c), x[p], t, t_next).prev_sample for p, c in zip(parts, conds)])
     return torch.cat([policy.decode(x[p]).float().clamp(0, 1) for p in parts])
@@ -104,12 +110,7 @@ def kl_to_reference(policy: FlowPolicy, prompts: list[str], sampler: ProbeSample
     At each step both models see the same x_t; the step's std depends only on (t, t_next, eta), so the KL is
     exact: ||mean - mean_ref||^2 / (2 std^2), averaged over latent dimensions, then over the steps.
     """
-    device = _device(policy)
-    generator = torch.Generator().manual_seed(sampler.seed)
-    x = torch.randn((len(prompts), *policy.latent_shape), generator=generator).to(device)
-    parts = _parts(len(prompts), sampler.batch_size)
-    conds = [policy.encode_prompts(prompts[p]) for p in parts]
-    times = timesteps(sampler.num_steps, sampler.shift, device=device)
+    device, generator, x, parts, conds, times = _trajectory_start(policy, prompts, sampler)
     total = torch.zeros(len(prompts), device=device, dtype=torch.float32)
     for t, t_next in zip(times[:-1], times[1:]):
         noise = torch.randn(x.shape, generator=generator).to(device)
