@@ -1,7 +1,8 @@
 """Flow-DPPO vs ratio clipping (GRPO), in miniature: the quickstart recipe under each algorithm, over seeds.
 
-Every run is `recipes/quickstart.yaml` (builtin:tiny, 100 steps, probes of recipes/eval/quickstart.yaml at
-steps 0/50/100) with `--set`-style overrides, trained by `align` on one thread, two runs in parallel. From each
+Every run is `recipes/quickstart.yaml` pinned by quickstart_runs.BASE_OVERRIDES (builtin:tiny, 100 steps, probes of
+recipes/eval/quickstart.yaml at steps 0/50/100, as the quickstart was when these runs were measured) plus each
+variant's overrides, trained by `align` on one thread, `--jobs` runs in parallel. From each
 run's metrics.jsonl we keep the probes at 0/50/100, the final KL to base, the mean mask (DPPO) or clip
 (GRPO) fraction and the seconds per step; the JSON holds every run and the mean +- std over seeds per variant,
 and the PNG plots the trained mean over steps and the trained gain against KL to base.
@@ -25,25 +26,20 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch loads: one thread 
 import argparse
 import json
 import multiprocessing
-import platform
-import subprocess
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
 import torch
+from quickstart_runs import PROBE_STEPS, RECIPE, ROOT, finished, machine, train_run
 
-from mogen.config import load_recipe
 from mogen.evaluation.runs import load_metrics
 
-ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "recipes" / "quickstart.yaml"
 OUT_JSON = ROOT / "benchmarks" / "results" / "compare_algorithms.json"
 OUT_PNG = ROOT / "benchmarks" / "results" / "compare_algorithms.png"
 PROBES = ["probe/trained/count", "probe/trained/shape", "probe/trained/position", "probe/heldout/color", "probe/kl_base/kl"]
 TRAINED = PROBES[:3]
-PROBE_STEPS = [0, 50, 100]
 # Variants: overrides on top of the quickstart (which is dppo, delta 5e-5, lr 3e-4, 2 minibatches per batch).
 # The quickstart's |ratio - 1| reaches about 2e-4 per batch (median of update/ratio_min/max), so GRPO's clip at
 # 1e-4 (the published value) already sits at the scale the ratio moves; 2e-4 clips only the tails.
@@ -68,33 +64,7 @@ NOTES = [
     "probes: recipes/eval/quickstart.yaml, 24 fixed prompts x 4 images, ODE, seed 1234; trained/mean is the mean of"
     " count, shape and position; kl_base/kl is the mean per-step KL to the base on held-out prompts.",
 ]
-SEEDS = {"dppo": [0, 1, 2], "grpo_clip1e-4": [0, 1, 2], "grpo_clip2e-4": [0, 1, 2], "dppo_cps": [0], "dppo_klbudget_position2e-6": [0],
-         "dppo_delta2e-6": [0]}
-
-
-def run_one(name: str, seed: int, overrides: list[str], run_dir: Path) -> tuple[float, str]:
-    """Train one variant (in a worker process, one thread); returns wall-clock seconds and the git commit."""
-    from mogen.trainer import align
-
-    torch.set_num_threads(1)
-    settings = [*overrides, f"train.seed={seed}", f"output_dir={run_dir}", "train.log_with=[]"]
-    started = time.perf_counter()
-    align(load_recipe(RECIPE, settings))
-    return time.perf_counter() - started, git_commit()
-
-
-def git_commit() -> str:
-    """HEAD of the checkout (others commit while a benchmark runs: each run records its own)."""
-    out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return out.stdout.strip() or "unknown"
-
-
-def finished(run_dir: Path, steps: int) -> bool:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return False
-    series = load_metrics(run_dir)
-    return bool(np.nanmax(series["step"]) >= steps and np.isfinite(series["probe/trained/count"][series["step"] == steps]).any())
+SEEDS = {name: [0, 1, 2] for name in VARIANTS}
 
 
 def summarize(run_dir: Path) -> dict:
@@ -175,17 +145,9 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def machine() -> dict:
-    import diffusers
-
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "torch": torch.__version__, "diffusers": diffusers.__version__, "git_commit_at_write": git_commit(),
-            "torch_threads_per_run": 1, "parallel_runs": 2}
-
-
-def collect(work_dir: Path, done: dict[str, tuple[float, str]]) -> dict:
+def collect(work_dir: Path, done: dict[str, tuple[float, str]], jobs: int) -> dict:
     """Every finished run under work_dir (this invocation's and earlier ones'), per variant."""
-    results = {"recipe": str(RECIPE.relative_to(ROOT)), "machine": machine(), "notes": NOTES, "variants": {}}
+    results = {"recipe": str(RECIPE.relative_to(ROOT)), "machine": machine(jobs), "notes": NOTES, "variants": {}}
     earlier = json.loads(OUT_JSON.read_text()) if OUT_JSON.is_file() else {"variants": {}}  # reused runs keep their info
     before = earlier.get("machine", {}).get("git_commit")  # files written before runs recorded their own commit
     earlier_done = {f"{n}/seed{s}": (r.get("wall_seconds"), r.get("git_commit", before))
@@ -249,13 +211,13 @@ def main() -> None:
     done: dict[str, tuple[float, str]] = {}
     started = time.perf_counter()
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(run_one, n, s, VARIANTS[n], (args.work_dir / n / f"seed{s}").resolve()): f"{n}/seed{s}" for n, s in todo}
+        futures = {pool.submit(train_run, VARIANTS[n], s, (args.work_dir / n / f"seed{s}").resolve()): f"{n}/seed{s}" for n, s in todo}
         for future in as_completed(futures):
             seconds, commit = future.result()
             done[futures[future]] = (round(seconds, 1), commit)
             print(f"done {futures[future]} in {seconds:.0f} s", flush=True)
-            write(collect(args.work_dir, done))  # partial results land as runs finish
-    results = collect(args.work_dir, done)
+            write(collect(args.work_dir, done, args.jobs))  # partial results land as runs finish
+    results = collect(args.work_dir, done, args.jobs)
     results["total_wall_seconds"] = round(time.perf_counter() - started, 1)
     write(results)
     print(table(results))

@@ -1,0 +1,94 @@
+"""What the quickstart-based benchmarks share: the pinned recipe, how a run is trained, and what a run recorded.
+
+Every benchmark that trains (compare_algorithms, multi_objective, multi_epoch) runs `recipes/quickstart.yaml`
+with BASE_OVERRIDES first and its own overrides after. The base pins every field the quickstart sets (100 steps,
+probes every 50, the sampler, batch, LoRA, lr, delta, rewards), so the committed results stay those of the
+recipe as it was when they were measured, whatever the quickstart later becomes.
+
+Not a benchmark itself: the others import it (they run as scripts, so `benchmarks/` is on sys.path).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "quickstart.yaml"
+STEPS = 100
+PROBE_STEPS = [0, 50, 100]
+# The quickstart as measured (commit a95ea97): Flow-DPPO, delta 5e-5, 2 minibatches, lr 3e-4, 4 prompts x 8.
+BASE_OVERRIDES = [
+    "model.name=builtin:tiny", "model.family=tiny",
+    "lora.rank=16", "lora.alpha=32",
+    "prompts.source=toyworld", "prompts.split=train", "prompts.tasks=[count, position]",
+    "sampler.kind=sde", "sampler.eta=0.7", "sampler.num_steps=10", "sampler.train_window=[0, 5]", "sampler.train_steps=3",
+    "rollout.prompts_per_batch=4", "rollout.group_size=8",
+    "advantage.mode=per_objective",
+    "algorithm.name=dppo", "algorithm.delta=5.0e-5", "algorithm.minibatches=2", "algorithm.updates_per_batch=1",
+    "algorithm.beta=0.0",
+    "optim.lr=3.0e-4",
+    f"train.steps={STEPS}", "train.sample_every=50", "train.checkpoint_every=50",
+    "eval.suites=[eval/quickstart.yaml]", f"eval.every={PROBE_STEPS[1]}",
+    (
+        "rewards=[{name: toy_verifier, label: count, weight: 1.0, kwargs: {attribute: count}},"
+        " {name: toy_verifier, label: shape, weight: 1.0, kwargs: {attribute: shape}},"
+        " {name: toy_verifier, label: position, weight: 1.0, kwargs: {attribute: position}}]"
+    ),
+]
+
+
+def train_run(overrides: list[str], seed: int, run_dir: Path) -> tuple[float, str]:
+    """Train the pinned quickstart with `overrides` on one thread; returns wall-clock seconds and the code's commit.
+
+    Runs in a worker process (benchmarks spawn one per run), so the thread setting is its own.
+    """
+    from mogen.config import load_recipe
+    from mogen.trainer import align
+
+    torch.set_num_threads(1)
+    settings = [*BASE_OVERRIDES, *overrides, f"train.seed={seed}", f"output_dir={run_dir}", "train.log_with=[]"]
+    started = time.perf_counter()
+    align(load_recipe(RECIPE, settings))
+    return time.perf_counter() - started, code_commit()
+
+
+def code_commit() -> str:
+    """The commit of the mogen checkout that is imported (others commit while a benchmark runs: each run records
+    its own), with '-dirty' if mogen/ or reward_zoo/ differ from it."""
+    import mogen
+
+    where = Path(mogen.__file__).resolve().parent
+    head = subprocess.run(["git", "-C", str(where), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
+    if not head:
+        return "unknown"
+    status = subprocess.run(["git", "-C", str(where.parent), "status", "--porcelain", "--", "mogen", "reward_zoo"],
+                            capture_output=True, text=True, check=False).stdout.strip()
+    return head + ("-dirty" if status else "")
+
+
+def machine(parallel_runs: int) -> dict:
+    import diffusers
+
+    import mogen
+
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "torch": torch.__version__, "diffusers": diffusers.__version__, "mogen_source": str(Path(mogen.__file__).parent),
+            "git_commit_at_write": code_commit(), "torch_threads_per_run": 1, "parallel_runs": parallel_runs,
+            "load_average_at_write": [round(x, 2) for x in os.getloadavg()]}
+
+
+def finished(run_dir: Path, steps: int = STEPS) -> bool:
+    """True if the run's metrics.jsonl reaches `steps` with its last probes (a cut-short run is redone)."""
+    from mogen.evaluation.runs import load_metrics
+
+    if not (run_dir / "metrics.jsonl").is_file():
+        return False
+    series = load_metrics(run_dir)
+    return bool(np.nanmax(series["step"]) >= steps and np.isfinite(series["probe/trained/count"][series["step"] == steps]).any())
