@@ -32,13 +32,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from quickstart_runs import PROBE_STEPS, RECIPE, ROOT, finished, machine, train_run
+from quickstart_runs import PROBE_STEPS, RECIPE, ROOT, WINDOW, finished, first_reach, machine, train_run, training_curves
 
 from mogen.evaluation.runs import load_metrics
 
 OUT_JSON = ROOT / "benchmarks" / "results" / "compare_algorithms.json"
 OUT_PNG = ROOT / "benchmarks" / "results" / "compare_algorithms.png"
-PROBES = ["probe/trained/count", "probe/trained/shape", "probe/trained/position", "probe/heldout/color", "probe/kl_base/kl"]
+PROBES = ["probe/trained/count", "probe/trained/shape", "probe/trained/position", "probe/heldout/color", "probe/kl_base/kl",
+          "probe/trained/overall", "probe/heldout/overall"]
 TRAINED = PROBES[:3]
 # Variants: overrides on top of the quickstart (which is dppo, delta 5e-5, lr 3e-4, 2 minibatches per batch).
 # The quickstart's |ratio - 1| reaches about 2e-4 per batch (median of update/ratio_min/max), so GRPO's clip at
@@ -54,6 +55,7 @@ VARIANTS: dict[str, list[str]] = {
     "dppo_klbudget_position2e-6": ["rewards.2.kl_budget=2.0e-6"],
     "dppo_delta2e-6": ["algorithm.delta=2.0e-6"],
 }
+REFERENCE = "grpo_clip1e-4"  # whose final reward the others race to
 NOTES = [
     "mean_mask_or_clip_fraction: DPPO's masked or GRPO's clipped share of sample-steps, averaged over updates and steps;"
     " the first minibatch of each batch is on-policy (ratio 1, KL 0), so at most half of it can fire.",
@@ -63,6 +65,15 @@ NOTES = [
     "seconds_per_step: the trainer's time/rollout_s, reward_s, train_s per step; probes (steps 0/50/100) are extra.",
     "probes: recipes/eval/quickstart.yaml, 24 fixed prompts x 4 images, ODE, seed 1234; trained/mean is the mean of"
     " count, shape and position; kl_base/kl is the mean per-step KL to the base on held-out prompts.",
+    f"smoothed reward: the training reward/total (sum of the three objectives' mean scores over a step's 32 rollout"
+    f" samples, SDE) averaged over the last {WINDOW} steps (640 samples), defined from step {WINDOW} on.",
+    f"steps_to_reach: the first step at which a run's smoothed reward reaches the target = the smoothed reward of"
+    f" {REFERENCE} at step 100 with the SAME seed (runs of one seed draw the same prompts at every step); null if"
+    " never within 100 steps (summary: mean +- std over the runs that reach it, and how many did).",
+    f"kl_ref_end / kl_ref_at_reach: the training kl/ref (exact per-step KL of the rollout policy to the base at the"
+    f" trained steps, averaged over latent dims) averaged over the same {WINDOW}-step window as the smoothed reward,"
+    " at step 100 / at steps_to_reach. Under CPS the per-step std differs, so its KL is on another scale.",
+    "heldout_*_change: probe value at step 100 minus step 0 (negative = forgetting).",
 ]
 SEEDS = {name: [0, 1, 2] for name in VARIANTS}
 
@@ -93,6 +104,19 @@ def summarize(run_dir: Path) -> dict:
     }
 
 
+def reach(run_dir: Path, target: float) -> dict:
+    """Steps to reach `target` with the smoothed training reward, and the KL to base there and at the end."""
+    curves = training_curves(run_dir)
+    at = first_reach(curves["step"], curves["reward/total"], target)
+    return {
+        "target": target,
+        "steps_to_reach": at,
+        "kl_ref_at_reach": float(curves["kl/ref"][curves["step"] == at][0]) if at is not None else None,
+        "smoothed_reward_end": float(curves["reward/total"][-1]),
+        "kl_ref_end": float(curves["kl/ref"][-1]),
+    }
+
+
 def aggregate(runs: dict[int, dict]) -> dict:
     """Mean and std (ddof 1 when there are 2+ seeds) over seeds of the headline numbers."""
     def stat(values: list[float]) -> dict:
@@ -105,7 +129,15 @@ def aggregate(runs: dict[int, dict]) -> dict:
     out["final_kl_ref"] = stat([r["final_kl_ref"] for r in runs.values()])
     out["mean_mask_or_clip_fraction"] = stat([r["mean_mask_or_clip_fraction"] for r in runs.values()])
     out["seconds_per_step"] = stat([r["seconds_per_step"]["total"] for r in runs.values()])
-    out["heldout_color_change"] = stat([r["probes"][last]["heldout/color"] - r["probes"]["0"]["heldout/color"] for r in runs.values()])
+    for key in ("heldout/color", "heldout/overall"):
+        out[f"{key.replace('/', '_')}_change"] = stat([r["probes"][last][key] - r["probes"]["0"][key] for r in runs.values()])
+    if all("reach" in r for r in runs.values()):
+        reached = [r["reach"] for r in runs.values() if r["reach"]["steps_to_reach"] is not None]
+        out["smoothed_reward_end"] = stat([r["reach"]["smoothed_reward_end"] for r in runs.values()])
+        out["kl_ref_end"] = stat([r["reach"]["kl_ref_end"] for r in runs.values()])
+        out["reached"] = f"{len(reached)}/{len(runs)}"
+        out["steps_to_reach"] = stat([r["steps_to_reach"] for r in reached]) if reached else None
+        out["kl_ref_at_reach"] = stat([r["kl_ref_at_reach"] for r in reached]) if reached else None
     return out
 
 
@@ -157,8 +189,15 @@ def collect(work_dir: Path, done: dict[str, tuple[float, str]], jobs: int) -> di
         runs = {s: summarize(work_dir / name / f"seed{s}") for s in seeds if finished(work_dir / name / f"seed{s}", 100)}
         for s, r in runs.items():
             r["wall_seconds"], r["git_commit"] = done.get(f"{name}/seed{s}", earlier_done.get(f"{name}/seed{s}", (None, None)))
-        results["variants"][name] = {"overrides": VARIANTS[name], "seeds": sorted(runs),
-                                      "summary": aggregate(runs) if runs else None, "runs": {str(s): r for s, r in runs.items()}}
+        results["variants"][name] = {"overrides": VARIANTS[name], "seeds": sorted(runs), "runs": runs}
+    targets = {s: training_curves(work_dir / REFERENCE / f"seed{s}")["reward/total"][-1] for s in results["variants"][REFERENCE]["seeds"]}
+    for name, variant in results["variants"].items():
+        runs = variant.pop("runs")
+        for s, r in runs.items():
+            if s in targets:
+                r["reach"] = reach(work_dir / name / f"seed{s}", float(targets[s]))
+        variant["summary"] = aggregate(runs) if runs else None
+        variant["runs"] = {str(s): r for s, r in runs.items()}
     return results
 
 
@@ -184,6 +223,18 @@ def table(results: dict) -> str:
                      + " | ".join(cell(sm[f"step100/{k}"]) for k in ("trained/count", "trained/shape", "trained/position", "heldout/color"))
                      + f" | {cell(sm['step100/kl_base/kl'], 4)} | {cell(sm['final_kl_ref'], 4)} | {cell(sm['mean_mask_or_clip_fraction'], 4)}"
                      + f" | {cell(sm['seconds_per_step'], 2)} |")
+    lines += ["", f"| variant | smoothed reward at 100 | reaches {REFERENCE}'s (same seed) | steps to reach | kl/ref at reach (1e-3) "
+              "| kl/ref at 100 (1e-3) | Δ held-out colour | Δ held-out overall |", "|---|---|---|---|---|---|---|---|"]
+    for name, variant in results["variants"].items():
+        sm = variant["summary"]
+        if not sm or "reached" not in sm:
+            continue
+        milli = {k: {**sm[k], "mean": 1e3 * sm[k]["mean"], "std": None if sm[k]["std"] is None else 1e3 * sm[k]["std"]}
+                 for k in ("kl_ref_at_reach", "kl_ref_end") if sm[k]}
+        lines.append(f"| {name} | {cell(sm['smoothed_reward_end'])} | {sm['reached']} "
+                     f"| {cell(sm['steps_to_reach'], 0) if sm['steps_to_reach'] else 'never'} "
+                     f"| {cell(milli['kl_ref_at_reach'], 2) if 'kl_ref_at_reach' in milli else '-'} | {cell(milli['kl_ref_end'], 2)} "
+                     f"| {cell(sm['heldout_color_change'], sign='+')} | {cell(sm['heldout_overall_change'], sign='+')} |")
     return "\n".join(lines)
 
 

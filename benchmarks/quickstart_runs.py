@@ -92,3 +92,38 @@ def finished(run_dir: Path, steps: int = STEPS) -> bool:
         return False
     series = load_metrics(run_dir)
     return bool(np.nanmax(series["step"]) >= steps and np.isfinite(series["probe/trained/count"][series["step"] == steps]).any())
+
+
+# --- reading a run's per-step training curve --------------------------------------------------------------
+# Probes run only at steps 0/50/100, so "when" questions use the per-step training reward (reward/total, the sum of
+# the objectives' mean scores over the step's 32 rollout samples), smoothed by a trailing mean: at step s it is the
+# mean over steps s-WINDOW+1..s (640 samples), defined from step WINDOW on. Runs of one seed draw the same prompts
+# at every step (the seed contract), so comparing variants seed by seed removes the prompt draw from the difference.
+WINDOW = 20
+
+
+def trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """m[i] = mean(values[i-window+1 : i+1]); NaN for i < window-1 (fewer than `window` values so far)."""
+    values = np.asarray(values, dtype=float)
+    sums = np.cumsum(np.insert(values, 0, 0.0))
+    out = np.full(len(values), np.nan)
+    out[window - 1:] = (sums[window:] - sums[:-window]) / window
+    return out
+
+
+def first_reach(steps: np.ndarray, curve: np.ndarray, target: float) -> int | None:
+    """The first step whose (smoothed) value is >= target; None if it never is (NaNs never count)."""
+    hits = np.nonzero(np.nan_to_num(curve, nan=-np.inf) >= target)[0]
+    return int(steps[hits[0]]) if len(hits) else None
+
+
+def training_curves(run_dir: Path, keys: tuple[str, ...] = ("reward/total", "kl/ref")) -> dict[str, np.ndarray]:
+    """Training steps 1..N and the trailing means of `keys` (rows without a training step, e.g. step 0, dropped)."""
+    from mogen.evaluation.runs import load_metrics
+
+    series = load_metrics(run_dir)
+    rows = np.isfinite(series["reward/total"])
+    out = {"step": series["step"][rows].astype(int)}
+    for key in keys:
+        out[key] = trailing_mean(series[key][rows], WINDOW)
+    return out
