@@ -25,14 +25,22 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch loads: one thread 
 
 import argparse
 import json
-import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
 import torch
-from quickstart_runs import PROBE_STEPS, RECIPE, ROOT, WINDOW, finished, first_reach, machine, train_run, training_curves
+from quickstart_runs import (
+    PROBE_STEPS,
+    RECIPE,
+    ROOT,
+    WINDOW,
+    finished,
+    first_reach,
+    machine,
+    run_plan,
+    training_curves,
+)
 
 from mogen.evaluation.runs import load_metrics
 
@@ -258,16 +266,9 @@ def main() -> None:
         plan = {k: args.seeds for k in plan}
     # Seed 0 of every variant first, then the other seeds: a cut-short benchmark still covers each variant.
     jobs = sorted(((name, s) for name, seeds in plan.items() for s in seeds), key=lambda job: job[1])
-    todo = [(n, s) for n, s in jobs if not finished(args.work_dir / n / f"seed{s}", 100)]
-    done: dict[str, tuple[float, str]] = {}
     started = time.perf_counter()
-    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(train_run, VARIANTS[n], s, (args.work_dir / n / f"seed{s}").resolve()): f"{n}/seed{s}" for n, s in todo}
-        for future in as_completed(futures):
-            seconds, commit = future.result()
-            done[futures[future]] = (round(seconds, 1), commit)
-            print(f"done {futures[future]} in {seconds:.0f} s", flush=True)
-            write(collect(args.work_dir, done, args.jobs))  # partial results land as runs finish
+    done = run_plan({f"{n}/seed{s}": (VARIANTS[n], s, args.work_dir / n / f"seed{s}") for n, s in jobs}, args.jobs,
+                    lambda done: write(collect(args.work_dir, done, args.jobs)))
     results = collect(args.work_dir, done, args.jobs)
     results["total_wall_seconds"] = round(time.perf_counter() - started, 1)
     write(results)

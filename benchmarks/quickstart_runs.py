@@ -10,10 +10,13 @@ Not a benchmark itself: the others import it (they run as scripts, so `benchmark
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import platform
 import subprocess
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +60,24 @@ def train_run(overrides: list[str], seed: int, run_dir: Path) -> tuple[float, st
     started = time.perf_counter()
     align(load_recipe(RECIPE, settings))
     return time.perf_counter() - started, code_commit()
+
+
+def run_plan(plan: dict[str, tuple[list[str], int, Path]], jobs: int, on_done: Callable[[dict[str, tuple[float, str]]], None]) -> dict:
+    """Train every run of `plan` (name -> (overrides, seed, run_dir)) whose run_dir is not finished, `jobs` at a
+    time, each in its own spawned process on one thread. Calls on_done(done) after each run, so partial results
+    land as runs finish; returns done: name -> (wall seconds, code commit) of the runs trained now."""
+    todo = {name: job for name, job in plan.items() if not finished(job[2])}
+    done: dict[str, tuple[float, str]] = {}
+    if not todo:
+        return done
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(train_run, overrides, seed, run_dir.resolve()): name for name, (overrides, seed, run_dir) in todo.items()}
+        for future in as_completed(futures):
+            seconds, commit = future.result()
+            done[futures[future]] = (round(seconds, 1), commit)
+            print(f"done {futures[future]} in {seconds:.0f} s", flush=True)
+            on_done(done)
+    return done
 
 
 def code_commit() -> str:
