@@ -299,11 +299,14 @@ def static_bytes(engine: str, spec: ModelSpec, counts: dict) -> float:
     return 2 * block + 2 * c["vae"]  # fsdp_offload
 
 
-def max_micro_batch(card: float, static: float, encoders: float, per_sample: float, offload: bool) -> int:
-    """Largest number of samples per update forward that fits (0: not even one)."""
+def max_batch(card: float, static: float, encoders: float, per_sample: float, offload: bool) -> int:
+    """Largest number of samples per forward that fits (0: not even one).
+
+    With offload the text encoders still visit the GPU all together while prompts are encoded (mogen's
+    on_device moves them at once), next to the resident transformer: that phase must fit too."""
+    if static + encoders + CONTEXT_ALLOWANCE > card:
+        return 0
     budget = card - CONTEXT_ALLOWANCE - static - (0 if offload else encoders)
-    if offload and static + encoders + CONTEXT_ALLOWANCE > card:
-        return 0  # the encoding phase alone does not fit
     return max(0, int(budget // per_sample))
 
 
@@ -325,8 +328,8 @@ def estimate(counts: dict, coefficients: dict[str, dict]) -> list[dict]:
                                 "offload_text_encoders": offload, "gradient_checkpointing": checkpointing,
                                 "static_gib": round(static / GIB, 2), "encoders_gib": round(encoders / GIB, 2),
                                 "activations_per_sample_gib": round(per_sample / GIB, 3),
-                                "max_micro_batch": max_micro_batch(card_gib * GIB, static, encoders, per_sample, offload),
-                                "max_rollout_batch": max(0, int((card_gib * GIB - CONTEXT_ALLOWANCE - static - (0 if offload else encoders)) // acts["inference"])),
+                                "max_micro_batch": max_batch(card_gib * GIB, static, encoders, per_sample, offload),
+                                "max_rollout_batch": max_batch(card_gib * GIB, static, encoders, acts["inference"], offload),
                             })
     return rows
 
