@@ -20,7 +20,7 @@ import torch
 import yaml
 from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
-from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+from accelerate.utils import DeepSpeedPlugin, DistributedType, FullyShardedDataParallelPlugin
 from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
 from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env, prepare_simple_launcher_cmd_env
 from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
@@ -142,6 +142,25 @@ def test_fsdp_plugin_wraps_each_transformer_block(name: str, build, blocks: int,
     wrapped = [type(m).__name__ for m in model.modules() if policy(m)]
     assert len(wrapped) == blocks
     assert set(wrapped) == set(model._no_split_modules)
+
+
+@pytest.mark.parametrize("name", ["deepspeed_zero2.yaml", "deepspeed_zero3.yaml"])
+def test_deepspeed_plugin_config_from_the_launcher(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DeepSpeed JSON config accelerate builds in each process (deepspeed itself is not needed for this)."""
+    _, env = launcher_env(CONFIGS / name)
+    for key, value in env.items():
+        if key.startswith("ACCELERATE_"):
+            monkeypatch.setenv(key, value)
+    plugin = DeepSpeedPlugin()
+    plugin.set_mixed_precision("bf16")  # the SD3.5/FLUX recipes' train.mixed_precision
+    config = plugin.deepspeed_config
+    stage = 2 if "zero2" in name else 3
+    assert config["zero_optimization"]["stage"] == stage
+    assert config["zero_optimization"]["offload_param"]["device"] == "none"
+    assert config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is (stage == 3)
+    assert config["gradient_clipping"] == 1.0 and config["bf16"]["enabled"] is True
+    # mogen prepares no DataLoader, so the trainer must set this one before accelerator.prepare (see the GPU docs)
+    assert config["train_micro_batch_size_per_gpu"] == "auto"
 
 
 @pytest.mark.slow
