@@ -122,6 +122,11 @@ def reach(run_dir: Path, target: float) -> dict:
         "kl_ref_at_reach": float(curves["kl/ref"][curves["step"] == at][0]) if at is not None else None,
         "smoothed_reward_end": float(curves["reward/total"][-1]),
         "kl_ref_end": float(curves["kl/ref"][-1]),
+        "smoothed_curve": {  # every 5 steps from WINDOW on, for the plot
+            "step": curves["step"][WINDOW - 1 :: 5].tolist(),
+            "reward": curves["reward/total"][WINDOW - 1 :: 5].round(4).tolist(),
+            "kl_ref": curves["kl/ref"][WINDOW - 1 :: 5].tolist(),
+        },
     }
 
 
@@ -159,7 +164,8 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9.6))
+    (left, right), (race, kl_race) = axes
     for i, (name, variant) in enumerate(results["variants"].items()):
         runs = variant["runs"]
         if not runs:
@@ -174,6 +180,23 @@ def plot(results: dict, path: Path) -> None:
         gains = [r["trained_mean_gain"] for r in runs.values()]
         right.scatter(kls, gains, color=color, label=name, s=40)
         right.errorbar(np.mean(kls), np.mean(gains), xerr=np.std(kls), yerr=np.std(gains), color=color, marker="*", ms=14, capsize=3)
+        smoothed = [r["reach"]["smoothed_curve"] for r in runs.values() if "reach" in r]
+        if smoothed:
+            steps = smoothed[0]["step"]
+            race.plot(steps, np.mean([c["reward"] for c in smoothed], 0), color=color, label=f"{name} (n={len(smoothed)})")
+            kl_race.plot(np.mean([c["reward"] for c in smoothed], 0), 1e3 * np.mean([c["kl_ref"] for c in smoothed], 0), "-", color=color,
+                         label=name, marker=".")
+    targets = [r["reach"]["target"] for r in results["variants"][REFERENCE]["runs"].values() if "reach" in r]
+    if targets:
+        for ax in (race, kl_race):
+            (ax.axhline if ax is race else ax.axvline)(np.mean(targets), color="grey", ls="--", lw=1,
+                                                         label=f"{REFERENCE} final (mean of seeds)")
+    race.set(xlabel="step", ylabel=f"training reward/total, mean of last {WINDOW} steps",
+             title="Smoothed training reward (mean over seeds)")
+    kl_race.set(xlabel=f"smoothed training reward (last {WINDOW} steps)", ylabel="kl/ref (1e-3), same window",
+                title="KL to base vs reward along training (mean over seeds)")
+    race.legend(fontsize=8)
+    kl_race.legend(fontsize=8)
     left.set(xlabel="step", ylabel="trained mean (count, shape, position)", title="Trained mean vs step (band: min-max over seeds)")
     right.set(xlabel="KL to base at step 100 (probe/kl_base/kl)", ylabel="trained mean gain, step 100 - step 0",
               title="Gain vs KL to base (dots: seeds, star: mean +- std)")
