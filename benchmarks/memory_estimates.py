@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 from accelerate import init_empty_weights
+from diffusers.utils import logging as diffusers_logging
 from diffusers import AutoencoderKL, FluxTransformer2DModel, SD3Transformer2DModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
@@ -181,7 +182,9 @@ def _measure_sd3(image_side: int, text_tokens: int, batch: int) -> tuple[dict[st
     pooled = torch.randn(batch, 32, dtype=torch.bfloat16)
     t = torch.full((batch,), 500.0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        saved = meter.run(lambda: model(hidden_states=x, encoder_hidden_states=text, pooled_projections=pooled, timestep=t, return_dict=False)[0])
+        saved = meter.run(lambda: model(
+            hidden_states=x, encoder_hidden_states=text, pooled_projections=pooled, timestep=t, return_dict=False,
+        )[0])
     return saved, hidden
 
 
@@ -199,7 +202,8 @@ def _measure_flux(image_side: int, text_tokens: int, batch: int) -> tuple[dict[s
     meter = SavedBytes(model, blocks)
     tokens = image_side * image_side // 4  # 2x2 latent patches packed into the channel dim, as FluxPipeline does
     side = image_side // 2
-    img_ids = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(side).float(), torch.arange(side).float(), indexing="ij"), -1).reshape(-1, 3)
+    grid = torch.meshgrid(torch.zeros(1), torch.arange(side).float(), torch.arange(side).float(), indexing="ij")
+    img_ids = torch.stack(grid, -1).reshape(-1, 3)
     x = torch.randn(batch, tokens, 64, dtype=torch.bfloat16)
     text = torch.randn(batch, text_tokens, 64, dtype=torch.bfloat16)
     pooled = torch.randn(batch, 32, dtype=torch.bfloat16)
@@ -274,12 +278,15 @@ ENGINES = {  # name -> (accelerate config, processes, what is sharded)
 }
 FORMULAS = {
     "weights": "transformer (params + buffers) x 2 bytes (bf16)",
-    "lora_training_state": "LoRA params x (4 fp32 weight + 4 fp32 grad + 8 AdamW exp_avg/exp_avg_sq) bytes; DDP adds one 4-byte gradient bucket",
-    "sharded (fsdp_x8: FSDP2 FULL_SHARD or ZeRO-3)": "weights / N + 2 x largest block in bf16 (the gathered block and the prefetched next) + LoRA state / N",
+    "lora_training_state": "LoRA params x (4 fp32 weight + 4 fp32 grad + 8 AdamW exp_avg/exp_avg_sq) bytes; "
+                           "DDP adds one 4-byte gradient bucket",
+    "sharded (fsdp_x8: FSDP2 FULL_SHARD or ZeRO-3)": "weights / N + 2 x largest block in bf16 (the gathered block and the "
+                                                     "prefetched next) + LoRA state / N",
     "zero2_x8": "weights + LoRA weight + (LoRA grad + optimizer) / N",
     "fsdp_offload_x2": "2 x largest block in bf16 on the GPU; weights, grads and optimizer in CPU RAM",
     "text encoders": "bf16; resident unless model.offload, in which case they visit the GPU only while encoding (peak = static + encoders)",
-    "activations (no checkpointing)": "sum over blocks of (a_kind x image_tokens + b_kind x text_tokens) x hidden bytes, a/b measured; x2 with CFG",
+    "activations (no checkpointing)": "sum over blocks of (a_kind x image_tokens + b_kind x text_tokens) x hidden bytes, "
+                                      "a/b measured; x2 with CFG",
     "activations (checkpointing)": "blocks x 2 bytes x (image + text tokens) x hidden + the largest block's activations; x2 with CFG",
     "peak": "max(static + activations x micro_batch [+ encoders if not offloaded], static + encoders) + 2 GiB allowance",
     "micro_batch": "samples per transformer forward in the update = prompts_per_batch x group_size / processes / algorithm.minibatches",
@@ -334,15 +341,21 @@ def estimate(counts: dict, coefficients: dict[str, dict]) -> list[dict]:
     return rows
 
 
+def row_key(row: dict) -> tuple:
+    """(model, resolution, card_gib, engine, offload_text_encoders, gradient_checkpointing) of a row of `estimate`."""
+    return (row["model"], row["resolution"], row["card_gib"], row["engine"], row["offload_text_encoders"], row["gradient_checkpointing"])
+
+
 def markdown(counts: dict, rows: list[dict]) -> str:
     lines = [
         "ESTIMATES (parameter and activation arithmetic, nothing run on a GPU). Max micro-batch = samples per update forward",
         "(SD3.5 counts its CFG pair as one sample); text encoders offloaded (model.offload: true); 'ckpt' = model.gradient_checkpointing.",
         "",
-        "| model | weights bf16 | LoRA r32 (params) | act./sample 512 px (no ckpt / ckpt) | act./sample 1024 px | card | res | 1 GPU / DDP | ZeRO-2 x8 | FSDP2 or ZeRO-3 x8 | FSDP2 offload x2 |",
+        "| model | weights bf16 | LoRA r32 (params) | act./sample 512 px (no ckpt / ckpt) | act./sample 1024 px | card | res "
+        "| 1 GPU / DDP | ZeRO-2 x8 | FSDP2 or ZeRO-3 x8 | FSDP2 offload x2 |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    index = {(r["model"], r["resolution"], r["card_gib"], r["engine"], r["offload_text_encoders"], r["gradient_checkpointing"]): r for r in rows}
+    index = {row_key(r): r for r in rows}
     for spec in MODELS:
         c = counts[spec.name]
         act = {res: (index[(spec.name, res, 80, "ddp", True, False)]["activations_per_sample_gib"],
@@ -356,7 +369,8 @@ def markdown(counts: dict, rows: list[dict]) -> str:
                     ckpt = index[(spec.name, res, card, engine, True, True)]["max_micro_batch"]
                     cells.append("does not fit" if ckpt == 0 else f"{no_ckpt} / {ckpt} ckpt")
                 head = (f"{spec.name} | {2 * c['transformer'] / GIB:.1f} GiB ({c['transformer'] / 1e9:.2f}B) | {c['lora'] / 1e6:.1f}M | "
-                        f"{act[512][0]:.2f} / {act[512][1]:.2f} GiB | {act[1024][0]:.2f} / {act[1024][1]:.2f} GiB") if first else " | | | | "
+                        f"{act[512][0]:.2f} / {act[512][1]:.2f} GiB | {act[1024][0]:.2f} / {act[1024][1]:.2f} GiB"
+                        ) if first else " | | | | "
                 first = False
                 lines.append(f"| {head} | {card} GB | {res} | " + " | ".join(cells) + " |")
     lines += [
@@ -369,7 +383,8 @@ def markdown(counts: dict, rows: list[dict]) -> str:
     ]
     for spec in MODELS:
         for res in (512, 1024):
-            cells = [index[(spec.name, res, card, engine, True, False)]["max_rollout_batch"] for card in (24, 80) for engine in ("ddp", "fsdp_x8")]
+            cells = [index[(spec.name, res, card, engine, True, False)]["max_rollout_batch"]
+                     for card in (24, 80) for engine in ("ddp", "fsdp_x8")]
             lines.append(f"| {spec.name} | {res} | " + " | ".join(str(c) if c else "does not fit" for c in cells) + " |")
     return "\n".join(lines)
 
@@ -379,6 +394,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    diffusers_logging.set_verbosity_error()  # the narrow models are cast to bf16 with .to(), which diffusers warns about
     counts = count_parameters()
     coefficients = {family: activation_coefficients(family) for family in ("sd3", "flux")}
     rows = estimate(counts, coefficients)
