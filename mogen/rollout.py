@@ -58,7 +58,8 @@ def index_cond(cond: Conditioning, index: torch.Tensor | slice) -> Conditioning:
 class Rollout:
     """A batch of B samples with S trained steps each. Tensors are float32 unless noted.
 
-    prompts:      B prompts; group_ids (B,) long: samples of one prompt share a group.
+    prompts:      B prompts; group_ids (B,) long: samples of one prompt share a group. With data parallel, B is
+                  this process's slice of the global batch and the group ids are the global batch's.
     cond:         the prompts' conditioning, batch-first (computed once, reused by the update).
     step_indices: (S,) long, which denoising steps were trained; t, t_next: (S,) their times.
     latents:      (B, S, *latent) x_t, the input of each trained step.
@@ -116,16 +117,23 @@ def collect_rollout(
     generator: torch.Generator,
     device: torch.device,
     base_policy: Callable[[], Any] | None = None,
+    shard: slice | None = None,
 ) -> Rollout:
     """Sample one image per prompt and record the trained steps.
 
     `base_policy`, if given, is a context manager factory under which `policy` acts as the base model (the
     LoRA adapter disabled); it is used to record the base model's mean at each trained step for the exact
     KL to the base: one extra forward per trained step.
+
+    `shard` (data parallel): roll out only these samples of the global batch `prompts`. The noise is drawn for
+    the whole batch and sliced, so a sample gets the same noise however the batch is split over processes.
     """
     step_kernel = STEP_KERNELS[kind]
+    shard = shard or slice(0, len(prompts))
+    global_shape = (len(prompts), *policy.latent_shape)
+    prompts, group_ids = list(prompts)[shard], group_ids[shard]
     cond = policy.encode_prompts(prompts)
-    x = torch.randn((len(prompts), *policy.latent_shape), generator=generator, device=device, dtype=torch.float32)
+    x = torch.randn(global_shape, generator=generator, device=device, dtype=torch.float32)[shard]
     times = timesteps(num_steps, shift, device=device)
     trained = set(trained_steps.tolist())
     records: dict[str, list[torch.Tensor]] = {k: [] for k in ("latents", "next", "means", "stds", "log_probs", "ref")}
@@ -135,7 +143,8 @@ def collect_rollout(
         if i not in trained:
             x = ode_step(velocity, x, t, t_next).prev_sample
             continue
-        out = step_kernel(velocity, x, t, t_next, eta, generator=generator)
+        noise = torch.randn(global_shape, generator=generator, device=device, dtype=torch.float32)[shard]
+        out = step_kernel(velocity, x, t, t_next, eta, noise=noise)
         records["latents"].append(x)
         records["next"].append(out.prev_sample)
         records["means"].append(out.mean)
@@ -149,7 +158,7 @@ def collect_rollout(
     images = policy.decode(x).float().clamp(0, 1)
     index = trained_steps.to(device)
     return Rollout(
-        prompts=list(prompts),
+        prompts=prompts,
         group_ids=group_ids.to(device),
         cond=cond,
         step_indices=index,

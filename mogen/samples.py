@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
@@ -48,14 +46,10 @@ def labelled_grid(images: torch.Tensor, labels: list[str], per_row: int, scale: 
     return grid
 
 
-def save_sample_grid(
-    policy: FlowPolicy, prompts: list[str], path: Path, sampler: SamplerConfig, seed: int, per_prompt: int = 4
-) -> Path:
-    """Sample `per_prompt` images for each prompt with fixed seeds and save the labelled grid as PNG."""
+def sample_grid(policy: FlowPolicy, prompts: list[str], sampler: SamplerConfig, seed: int, per_prompt: int = 4) -> Image.Image:
+    """Sample `per_prompt` images for each prompt with fixed seeds: the labelled grid a run saves every few steps."""
     device = next(policy.transformer.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     repeated = [p for p in prompts for _ in range(per_prompt)]
     images = generate(policy, repeated, sampler.num_steps, sampler.shift, generator, device)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    labelled_grid(images, prompts, per_prompt).save(path)
-    return path
+    return labelled_grid(images, prompts, per_prompt)

@@ -6,6 +6,11 @@ Each step: draw prompts -> roll out G samples per prompt (recording the trained 
 Seed contract: every random draw of step N (prompts, trained steps, sampling noise, minibatch order) comes from
 generators seeded with (train.seed, N). A run is therefore reproducible from its recipe, and `--resume` from a
 checkpoint at step N continues exactly as the uninterrupted run would have (bit for bit on CPU).
+
+Data parallel (`accelerate launch`, see mogen.distributed): every process draws the same global batch and rolls
+out its slice; rewards are gathered, so advantages, logged rewards and the KL gates are those of the whole batch
+on every process. Probes and grids are computed by every process (an FSDP forward needs all of them) and written
+by the main process, which alone writes metrics, checkpoints and the LoRA.
 """
 
 from __future__ import annotations
@@ -23,16 +28,17 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from mogen.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from mogen.config import ConfigError, Recipe, recipe_to_yaml
+from mogen.config import Recipe, recipe_to_yaml
+from mogen.distributed import check_launch, gather_samples, shard_of, sum_over_processes
+from mogen.evaluation.during_training import Probes
 from mogen.export import export_lora
 from mogen.lora import adapter_disabled, attach_lora, save_lora
 from mogen.models.loading import load_policy
-from mogen.evaluation.during_training import Probes
-from mogen.objectives import compute_advantages, ref_kl_gate
+from mogen.objectives import Advantages, compute_advantages, ref_kl_gate
 from mogen.prompts import PromptSource
-from mogen.rewards import Objectives
+from mogen.rewards import Objectives, Scores
 from mogen.rollout import choose_trained_steps, collect_rollout
-from mogen.samples import save_sample_grid
+from mogen.samples import sample_grid
 from mogen.update import UpdateInputs, policy_update
 
 
@@ -58,7 +64,7 @@ class MetricsLog:
 
     def __init__(self, path: Path, accelerator: Accelerator, resume_step: int):
         self.path, self.accelerator = path, accelerator
-        if path.exists():  # drop lines past the checkpoint we resume from: they will be written again
+        if path.exists() and accelerator.is_main_process:  # drop lines past the checkpoint we resume from: they will be written again
             lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
             path.write_text("".join(line + "\n" for line in lines))
 
@@ -69,6 +75,8 @@ class MetricsLog:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line]
 
     def write(self, metrics: dict[str, float]) -> None:
+        if not self.accelerator.is_main_process:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(metrics) + "\n")
         self.accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=int(metrics["step"]))
@@ -82,16 +90,19 @@ def align(recipe: Recipe, resume: bool = False) -> Path:
         log_with=recipe.train.log_with or None,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tb")),
     )
-    device = accelerator.device
-    if accelerator.num_processes > 1:  # group statistics and per-process seeds are not sharded yet
-        raise ConfigError("multi-process training is not supported yet: run `mogen align` as a single process")
+    check_launch(accelerator)
+    device, main = accelerator.device, accelerator.is_main_process
+    batch_size = recipe.rollout.prompts_per_batch * recipe.rollout.group_size
+    shard = shard_of(batch_size, accelerator.num_processes, accelerator.process_index)
 
     # --- setup -------------------------------------------------------------------------------------------
-    run_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = list_checkpoints(run_dir)
     if checkpoints and not resume:
         raise FileExistsError(f"{run_dir} already holds checkpoints: pass --resume to continue it, or choose another output_dir")
-    (run_dir / "config.yaml").write_text(recipe_to_yaml(recipe))
+    accelerator.wait_for_everyone()  # every process has looked for checkpoints before the main one writes
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(recipe_to_yaml(recipe))
     set_seed(recipe.train.seed)  # LoRA's initial A matrices come from the global RNG
     policy = load_policy(recipe.model, device=device, guidance_scale=recipe.sampler.guidance_scale)
     trainable = attach_lora(policy.transformer, recipe.lora)
@@ -120,7 +131,7 @@ def align(recipe: Recipe, resume: bool = False) -> Path:
         baseline = {"step": 0, **probes.run(policy)}
         probes.check(baseline)
         log.write(baseline)
-    progress = tqdm(range(start_step, recipe.train.steps), initial=start_step, total=recipe.train.steps, desc="align")
+    progress = tqdm(range(start_step, recipe.train.steps), initial=start_step, total=recipe.train.steps, desc="align", disable=not main)
     for step in progress:
         gens = step_generators(recipe.train.seed, step, device)
         batch_prompts, group_ids = prompts.draw(rollout_cfg.prompts_per_batch, rollout_cfg.group_size, gens.numpy)
@@ -132,25 +143,31 @@ def align(recipe: Recipe, resume: bool = False) -> Path:
                 policy, batch_prompts, torch.as_tensor(group_ids),
                 kind=sampler.kind, eta=sampler.eta, num_steps=sampler.num_steps, shift=sampler.shift,
                 trained_steps=choose_trained_steps(sampler.train_window, sampler.train_steps, gens.cpu),
-                generator=gens.device, device=device, base_policy=lambda: adapter_disabled(transformer),
+                generator=gens.device, device=device, base_policy=lambda: adapter_disabled(transformer), shard=shard,
             )
         rollout_s = time.perf_counter() - started
 
         started = time.perf_counter()
-        scores = objectives.score(rollout.images, rollout.prompts)
+        local_scores = objectives.score(rollout.images, rollout.prompts)
+        scores = Scores(local_scores.keys, gather_samples(local_scores.raw, accelerator, dim=1),
+                        gather_samples(local_scores.failed, accelerator))  # the whole batch, on every process
         reward_s = time.perf_counter() - started
-        keep = ~scores.failed_groups(rollout.group_ids)
-        if not bool(keep.all()):
+        group_ids = torch.as_tensor(group_ids, device=device)
+        keep = ~scores.failed_groups(group_ids)
+        if not bool(keep.all()) and main:
             warnings.warn(f"step {step}: dropping {int((~keep).sum())} samples whose group has a failed reward")
 
-        ref_kl = rollout.ref_kl().mean()
+        local_ref_kl = rollout.ref_kl()
+        ref_kl_sums = sum_over_processes(torch.stack([local_ref_kl.sum(), torch.tensor(float(local_ref_kl.numel()), device=device)]), accelerator)
+        ref_kl = ref_kl_sums[0] / ref_kl_sums[1]
         advantages = compute_advantages(
-            scores.filled(), objectives.weights.to(device), rollout.group_ids, recipe.advantage.mode,
+            scores.filled(), objectives.weights.to(device), group_ids, recipe.advantage.mode,
             recipe.advantage.std_floor, recipe.advantage.clip,
         )
+        advantages = Advantages(advantages.per_objective[:, shard], advantages.combined[shard])  # this process's samples
         gates = torch.stack([ref_kl_gate(ref_kl, budget) for budget in objectives.max_ref_kls]).to(device)
         weights = objectives.weights.to(device) * gates if recipe.advantage.mode == "per_objective" else torch.ones(1, device=device)
-        inputs = UpdateInputs(advantages, keep, weights, deltas, objectives.loss_keys(recipe.advantage.mode))
+        inputs = UpdateInputs(advantages, keep, shard, weights, deltas, objectives.loss_keys(recipe.advantage.mode))
 
         started = time.perf_counter()
         policy.transformer.train()
@@ -175,18 +192,25 @@ def align(recipe: Recipe, resume: bool = False) -> Path:
         progress.set_postfix(reward=f"{metrics['reward/total']:.3f}", kl_ref=f"{ref_kl:.2e}", mask=f"{metrics['mask_fraction']:.2f}")
 
         if done % recipe.train.sample_every == 0 or done == recipe.train.steps:
-            save_sample_grid(policy, prompts.eval_prompts(), run_dir / "samples" / f"step-{done}.png", sampler, recipe.train.seed)
+            grid = sample_grid(policy, prompts.eval_prompts(), sampler, recipe.train.seed)
+            if main:
+                (run_dir / "samples").mkdir(exist_ok=True)
+                grid.save(run_dir / "samples" / f"step-{done}.png")
         if done % recipe.train.checkpoint_every == 0 or done == recipe.train.steps or probes.should_stop:
-            save_checkpoint(run_dir, done, transformer, optimizer, recipe.train.keep_checkpoints)
+            if main:
+                save_checkpoint(run_dir, done, transformer, optimizer, recipe.train.keep_checkpoints)
+            accelerator.wait_for_everyone()
         if probes.should_stop:
             accelerator.print(f"stopping at step {done}: the reward-hacking alarm fired and the suite asks to stop")
             break
 
     # --- save --------------------------------------------------------------------------------------------
-    lora_dir = run_dir / "lora"
-    lora_dir.mkdir(exist_ok=True)
-    save_lora(transformer, lora_dir / "adapter.safetensors")
-    (lora_dir / "adapter_config.json").write_text(json.dumps(recipe.lora.model_dump(mode="json"), indent=2))
-    export_lora(transformer, recipe.model.family, lora_dir)  # pytorch_lora_weights.safetensors for diffusers
+    if main:
+        lora_dir = run_dir / "lora"
+        lora_dir.mkdir(exist_ok=True)
+        save_lora(transformer, lora_dir / "adapter.safetensors")
+        (lora_dir / "adapter_config.json").write_text(json.dumps(recipe.lora.model_dump(mode="json"), indent=2))
+        export_lora(transformer, recipe.model.family, lora_dir)  # pytorch_lora_weights.safetensors for diffusers
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     return run_dir

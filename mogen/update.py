@@ -11,17 +11,23 @@ For each pass over the batch (`updates_per_batch`), for each minibatch, for each
     loss_s += beta * ||mean - mean_ref||^2 / (2 std_s^2)                  optional exact KL to the base model
 
 The gradient of the step losses (averaged over steps) is accumulated, clipped and applied once per minibatch.
+
+Data parallel: each process splits its own samples into the minibatches, and its loss is scaled by
+n_process * processes / n_minibatch, so that the gradient the engine averages over processes is exactly the
+gradient of the mean loss over the whole minibatch, however unevenly dropped groups left the processes.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
 
 from mogen.config import AlgorithmConfig
+from mogen.distributed import gather_samples, sum_over_processes
 from mogen.losses import PolicyLossStats, gaussian_kl, grpo_loss
 from mogen.objectives import Advantages, multi_objective_dppo_loss
 from mogen.rollout import STEP_KERNELS, FlowPolicy, Rollout, index_cond
@@ -31,8 +37,9 @@ from mogen.rollout import STEP_KERNELS, FlowPolicy, Rollout, index_cond
 class UpdateInputs:
     """What the update needs besides the rollout: advantages, which samples to use, per-objective knobs."""
 
-    advantages: Advantages
-    keep: torch.Tensor  # (B,) bool: samples whose group had no failed reward
+    advantages: Advantages  # of this process's samples
+    keep: torch.Tensor  # (B_global,) bool, the whole batch: samples whose group had no failed reward
+    shard: slice  # this process's samples of the global batch
     weights: torch.Tensor  # (K,) objective weights, ref-KL gates applied (dppo); unused by grpo
     deltas: torch.Tensor  # (K,) per-objective DPPO thresholds
     objective_keys: list[str]
@@ -54,87 +61,134 @@ def policy_update(
     """Run `updates_per_batch` passes of minibatch gradient steps on one rollout; returns logged statistics."""
     step_kernel = STEP_KERNELS[kind]
     num_steps = rollout.log_probs.shape[1]
-    kept = torch.nonzero(inputs.keep.cpu()).flatten()
-    totals: dict[str, list[torch.Tensor]] = defaultdict(list)
+    processes = accelerator.num_processes
+    kept = torch.nonzero(inputs.keep[inputs.shard].cpu()).flatten()
+    global_sizes = minibatch_sizes(inputs.keep, processes, algorithm.minibatches)
+    stats_log = UpdateStats()
 
     for _ in range(algorithm.updates_per_batch):
         order = kept[torch.randperm(len(kept), generator=generator)]
-        for minibatch in order.chunk(algorithm.minibatches):
+        for minibatch, global_size in zip(order.tensor_split(algorithm.minibatches), global_sizes):
+            if global_size == 0:  # empty on every process: all of them skip it
+                continue
+            scale = len(minibatch) * processes / global_size  # 1.0 with one process
+            weight = float(len(minibatch))  # of this minibatch's statistics
+            if len(minibatch) == 0:  # other processes have samples: join their gradient all-reduce with weight 0
+                minibatch = torch.zeros(1, dtype=torch.long)
             minibatch = minibatch.to(rollout.log_probs.device)
             cond = index_cond(rollout.cond, minibatch)
             optimizer.zero_grad(set_to_none=True)
             for s in range(num_steps):
+                # accumulate locally; gradients are all-reduced once, with the minibatch's last backward
+                sync = nullcontext() if s == num_steps - 1 else accelerator.no_sync(policy.transformer)
                 x, std = rollout.latents[minibatch, s], rollout.stds[s]
                 t, t_next = rollout.t[s], rollout.t_next[s]
-                with accelerator.autocast():
-                    velocity = policy.velocity(x, t.expand(len(minibatch)), cond)
-                new = step_kernel(velocity, x, t, t_next, eta, prev_sample=rollout.next_latents[minibatch, s])
-                old_log_prob = rollout.log_probs[minibatch, s]
-                kl = gaussian_kl(new.mean, rollout.means[minibatch, s], std)
-                if algorithm.name == "dppo":
-                    loss, stats = multi_objective_dppo_loss(
-                        new.log_prob, old_log_prob, kl, inputs.advantages.per_objective[:, minibatch],
-                        inputs.weights, inputs.deltas,
-                    )
-                    _collect(totals, stats[0], "")
-                    for key, objective_stats in zip(inputs.objective_keys, stats):
-                        totals[f"mask_fraction/{key}"].append(objective_stats.masked_fraction)
-                    totals["mask_fraction"].append(torch.stack([st.masked_fraction for st in stats]).mean())
-                else:
-                    loss, grpo_stats = grpo_loss(new.log_prob, old_log_prob, inputs.advantages.combined[minibatch], algorithm.clip_range)
-                    _collect(totals, grpo_stats, "")
-                    totals["mask_fraction"].append(grpo_stats.masked_fraction)
-                    totals["kl_exact"].append(kl.detach().mean())
-                if algorithm.beta > 0 and rollout.ref_means is not None:
-                    ref_kl = gaussian_kl(new.mean, rollout.ref_means[minibatch, s], std).mean()
-                    loss = loss + algorithm.beta * ref_kl
-                    totals["kl_ref_penalty"].append(ref_kl.detach())
-                totals["loss"].append(loss.detach())
-                accelerator.backward(loss / num_steps)
+                with sync:
+                    with accelerator.autocast():
+                        velocity = policy.velocity(x, t.expand(len(minibatch)), cond)
+                    new = step_kernel(velocity, x, t, t_next, eta, prev_sample=rollout.next_latents[minibatch, s])
+                    old_log_prob = rollout.log_probs[minibatch, s]
+                    kl = gaussian_kl(new.mean, rollout.means[minibatch, s], std)
+                    if algorithm.name == "dppo":
+                        loss, stats = multi_objective_dppo_loss(
+                            new.log_prob, old_log_prob, kl, inputs.advantages.per_objective[:, minibatch],
+                            inputs.weights, inputs.deltas,
+                        )
+                        stats_log.add_policy_stats(stats[0], weight)
+                        for key, objective_stats in zip(inputs.objective_keys, stats):
+                            stats_log.add(f"mask_fraction/{key}", objective_stats.masked_fraction, weight)
+                        stats_log.add("mask_fraction", torch.stack([st.masked_fraction for st in stats]).mean(), weight)
+                    else:
+                        loss, grpo_stats = grpo_loss(
+                            new.log_prob, old_log_prob, inputs.advantages.combined[minibatch], algorithm.clip_range
+                        )
+                        stats_log.add_policy_stats(grpo_stats, weight)
+                        stats_log.add("mask_fraction", grpo_stats.masked_fraction, weight)
+                        stats_log.add("kl_exact", kl.detach().mean(), weight)
+                    if algorithm.beta > 0 and rollout.ref_means is not None:
+                        ref_kl = gaussian_kl(new.mean, rollout.ref_means[minibatch, s], std).mean()
+                        loss = loss + algorithm.beta * ref_kl
+                        stats_log.add("kl_ref_penalty", ref_kl.detach(), weight)
+                    stats_log.add("loss", loss.detach(), weight)
+                    accelerator.backward(loss * scale / num_steps)
             if grad_clip is not None:
-                totals["grad_norm"].append(accelerator.clip_grad_norm_(trainable, grad_clip).detach().float())
+                grad_norm = accelerator.clip_grad_norm_(trainable, grad_clip)  # of the all-reduced gradient
+                stats_log.add("grad_norm", grad_norm.detach().float(), 1.0)
             optimizer.step()
 
-    summary = _summarize(totals)
+    summary = stats_log.summary(accelerator)
     summary["kl_after"] = float(kl_to_rollout_policy(policy, accelerator, rollout, kept, kind, eta))
     return summary
+
+
+def minibatch_sizes(keep: torch.Tensor, processes: int, minibatches: int) -> list[int]:
+    """Samples in each minibatch over all processes: process p splits the kept samples of its shard of `keep`
+    (contiguous, equal-size shards) into `minibatches` near-equal parts, as policy_update does."""
+    sizes = torch.zeros(minibatches, dtype=torch.long)
+    for shard in keep.cpu().chunk(processes):
+        parts = torch.arange(int(shard.sum())).tensor_split(minibatches)
+        sizes += torch.tensor([len(part) for part in parts])
+    return sizes.tolist()
 
 
 @torch.no_grad()
 def kl_to_rollout_policy(
     policy: FlowPolicy, accelerator: Accelerator, rollout: Rollout, samples: torch.Tensor, kind: str, eta: float
 ) -> torch.Tensor:
-    """Mean exact KL(pi_theta || pi_old) over the given samples and trained steps: how far this update moved.
-
-    One forward per trained step; it is what `delta` (and a GRPO clip range) should be calibrated against.
-    """
+    """Mean exact KL(pi_theta || pi_old) over the given samples (of every process) and trained steps: how far
+    this update moved. One forward per trained step; it is what `delta` (and a GRPO clip range) should be
+    calibrated against."""
     step_kernel = STEP_KERNELS[kind]
-    samples = samples.to(rollout.log_probs.device)
+    weight = 1.0 if len(samples) else 0.0  # a process without samples still joins the forwards (FSDP gathers)
+    samples = (samples if len(samples) else torch.zeros(1, dtype=torch.long)).to(rollout.log_probs.device)
     cond = index_cond(rollout.cond, samples)
-    kls = []
+    kl_sum = torch.zeros((), device=rollout.log_probs.device)
     for s in range(rollout.log_probs.shape[1]):
         x, t = rollout.latents[samples, s], rollout.t[s]
         with accelerator.autocast():
             velocity = policy.velocity(x, t.expand(len(samples)), cond)
         mean = step_kernel(velocity, x, t, rollout.t_next[s], eta, prev_sample=rollout.next_latents[samples, s]).mean
-        kls.append(gaussian_kl(mean, rollout.means[samples, s], rollout.stds[s]).mean())
-    return torch.stack(kls).mean()
+        kl_sum = kl_sum + weight * gaussian_kl(mean, rollout.means[samples, s], rollout.stds[s]).sum()
+    count = torch.tensor(weight * len(samples) * rollout.log_probs.shape[1], device=kl_sum.device)
+    totals = sum_over_processes(torch.stack([kl_sum, count]), accelerator)
+    return totals[0] / totals[1]
 
 
-def _collect(totals: dict[str, list[torch.Tensor]], stats: PolicyLossStats, prefix: str) -> None:
-    for name in ("kl_mean", "kl_max", "ratio_mean", "ratio_min", "ratio_max"):
-        totals[prefix + name].append(getattr(stats, name))
+class UpdateStats:
+    """Logged statistics of an update: each value is weighted by the samples it describes (0 for a process's
+    stand-in sample), so that means over minibatches, steps and processes are means over samples."""
 
+    def __init__(self) -> None:
+        self.values: dict[str, list[tuple[torch.Tensor, float]]] = defaultdict(list)
 
-def _summarize(totals: dict[str, list[torch.Tensor]]) -> dict[str, float]:
-    """One host sync: mins of minima, maxes of maxima, means of the rest."""
-    summary = {}
-    for name, values in totals.items():
-        stacked = torch.stack([v.float() for v in values])
-        if name.endswith("_min"):
-            summary[name] = stacked.min()
-        elif name.endswith("_max"):
-            summary[name] = stacked.max()
-        else:
-            summary[name] = stacked.mean()
-    return {k: float(v) for k, v in summary.items()}
+    def add(self, name: str, value: torch.Tensor, weight: float) -> None:
+        self.values[name].append((value.float(), weight))
+
+    def add_policy_stats(self, stats: PolicyLossStats, weight: float) -> None:
+        for name in ("kl_mean", "kl_max", "ratio_mean", "ratio_min", "ratio_max"):
+            self.add(name, getattr(stats, name), weight)
+
+    def summary(self, accelerator: Accelerator) -> dict[str, float]:
+        """One gather and one host sync: weighted means, and min of *_min / max of *_max over weighted entries."""
+        names = sorted(self.values)
+        rows = []
+        for name in names:
+            values = torch.stack([v for v, _ in self.values[name]])
+            weights = torch.tensor([w for _, w in self.values[name]], device=values.device)
+            counted = weights > 0
+            rows.append(torch.stack([
+                (weights * values).sum(), weights.sum(),
+                values[counted].min() if counted.any() else values.new_tensor(float("inf")),
+                values[counted].max() if counted.any() else values.new_tensor(float("-inf")),
+            ]))
+        table = gather_samples(torch.stack(rows)[None], accelerator)  # (processes, names, 4)
+        summary = {}
+        for i, name in enumerate(names):
+            column = table[:, i]
+            if name.endswith("_min"):
+                summary[name] = column[:, 2].min()
+            elif name.endswith("_max"):
+                summary[name] = column[:, 3].max()
+            else:
+                summary[name] = column[:, 0].sum() / column[:, 1].sum()
+        return {k: float(v) for k, v in summary.items()}

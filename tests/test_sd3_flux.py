@@ -206,7 +206,7 @@ def test_rollout_and_first_update_have_ratio_one(family, sd3_folder, flux_folder
     assert rollout.images.shape == (4, 3, IMAGE_SIZE, IMAGE_SIZE)
     assert torch.equal(rollout.ref_kl(), torch.zeros(4, 2))  # LoRA B = 0: the adapted model is the base model
     advantages = torch.tensor([1.0, -1.0, 0.5, -0.5])
-    inputs = UpdateInputs(Advantages(advantages[None], advantages), torch.ones(4, dtype=torch.bool), torch.ones(1),
+    inputs = UpdateInputs(Advantages(advantages[None], advantages), torch.ones(4, dtype=torch.bool), slice(0, 4), torch.ones(1),
                           torch.tensor([1e-5]), ["reward"])
     policy.transformer.train()
     stats = policy_update(policy, trainable, optimizer, accelerator, rollout, inputs, AlgorithmConfig(name="dppo"),

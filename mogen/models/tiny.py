@@ -221,7 +221,7 @@ class TinyT2I(torch.nn.Module):
         t = torch.as_tensor(t, device=latents.device, dtype=torch.float32)
         if t.ndim == 0:
             t = t.expand(latents.shape[0])
-        dtype = self.transformer.dtype
+        dtype = next(self.transformer.parameters()).dtype  # the trainer may have wrapped it (DDP): no .dtype then
         return self.transformer(
             hidden_states=latents.to(dtype),
             encoder_hidden_states=cond.prompt_embeds.to(dtype),

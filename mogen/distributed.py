@@ -1,0 +1,57 @@
+"""Data parallel over accelerate's processes: who rolls out which samples, and how per-sample results meet.
+
+Every process draws the same global batch (prompts and noise come from generators seeded with (seed, step)) and
+rolls out its own contiguous slice of it. Rewards are gathered so that every process holds the scores of the
+whole batch and computes the same group-normalised advantages: a prompt group is normalised over all its samples,
+wherever they were sampled. Gradients are all-reduced by the engine accelerate prepared (DDP, FSDP, DeepSpeed).
+With one process every function here is the identity.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from accelerate import Accelerator
+
+from mogen.config import ConfigError
+
+
+def check_launch(accelerator: Accelerator) -> None:
+    """Refuse a launch where the launcher started N processes but accelerate set up no process group: each would
+    train alone on the full batch and all would write the same run directory."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise ConfigError(
+            f"launched as {launched} processes but accelerate sees {accelerator.num_processes}: on CPU set "
+            "ACCELERATE_USE_CPU=1 (e.g. `ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 -m mogen align ...`); on GPUs "
+            "use `accelerate launch --config_file recipes/accelerate/<config>.yaml -m mogen align ...`"
+        )
+
+
+def shard_of(batch_size: int, processes: int, index: int) -> slice:
+    """Process `index`'s contiguous slice of a global batch of `batch_size` samples (equal sizes on every process)."""
+    if batch_size % processes:
+        raise ConfigError(
+            f"rollout.prompts_per_batch x rollout.group_size = {batch_size} samples cannot be split evenly over "
+            f"{processes} processes: make it a multiple of {processes}"
+        )
+    size = batch_size // processes
+    return slice(index * size, (index + 1) * size)
+
+
+def gather_samples(tensor: torch.Tensor, accelerator: Accelerator, dim: int = 0) -> torch.Tensor:
+    """Concatenate every process's slice of a per-sample tensor along `dim`, in process (= batch) order."""
+    if accelerator.num_processes == 1:
+        return tensor
+    moved = tensor.movedim(dim, 0).contiguous()
+    as_float = moved.float() if moved.dtype == torch.bool else moved  # gloo cannot gather bools
+    gathered = accelerator.gather(as_float)
+    return (gathered.bool() if tensor.dtype == torch.bool else gathered).movedim(0, dim)
+
+
+def sum_over_processes(tensor: torch.Tensor, accelerator: Accelerator) -> torch.Tensor:
+    """Element-wise sum over processes (the tensor itself with one process)."""
+    if accelerator.num_processes == 1:
+        return tensor
+    return accelerator.reduce(tensor.clone(), reduction="sum")
