@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from compare_algorithms import OUT_JSON as COMPARE_JSON
 from compare_algorithms import VARIANTS, summarize
 from quickstart_runs import (
@@ -53,12 +52,12 @@ OUT_PNG = ROOT / "benchmarks" / "results" / "multi_epoch.png"
 ALGORITHMS = ["dppo", "grpo_clip1e-4"]  # compare_algorithms variant names: their overrides and their upb=1 runs
 UPDATES = [1, 2, 4]
 NOTES = [
-    "updates_per_batch=1 runs are compare_algorithms' runs of the same algorithm and seed (work dir"
-    " runs/compare_algorithms); the others live under runs/multi_epoch/<algorithm>/upb<n>/seed<s>.",
-    "mask_or_clip_fraction: DPPO's masked or GRPO's clipped share of sample-steps over all minibatches of all passes;"
-    " only the first minibatch of the first pass is exactly on-policy.",
-    f"stability: smoothed = training reward/total averaged over the last {WINDOW} steps; max_drawdown = max over"
-    f" steps of (running max of smoothed - smoothed); change_20_to_100 = smoothed at 100 - smoothed at {WINDOW}.",
+    ("updates_per_batch=1 runs are compare_algorithms' runs of the same algorithm and seed (work dir"
+    " runs/compare_algorithms); the others live under runs/multi_epoch/<algorithm>/upb<n>/seed<s>."),
+    ("mask_or_clip_fraction: DPPO's masked or GRPO's clipped share of sample-steps over all minibatches of all passes;"
+    " only the first minibatch of the first pass is exactly on-policy."),
+    (f"stability: smoothed = training reward/total averaged over the last {WINDOW} steps; max_drawdown = max over"
+    f" steps of (running max of smoothed - smoothed); change_20_to_100 = smoothed at 100 - smoothed at {WINDOW}."),
     "kl_old_new_median: median over steps of the exact KL (per dim) between the policy before and after a batch's update.",
 ]
 
@@ -155,8 +154,8 @@ def table(results: dict) -> str:
     def cell(stat: dict, fmt: str) -> str:
         return format(stat["mean"], fmt) + (f" ± {format(stat['std'], fmt.lstrip('+'))}" if stat["std"] is not None else "")
 
-    lines = ["| algorithm | upb | seeds | gain | KL to base (probe) | kl/ref end (1e-3) | Δ held-out colour | mask or clip | KL moved per batch "
-             "| max drawdown | smoothed 20→100 | collapsed | s/step |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [("| algorithm | upb | seeds | gain | KL to base (probe) | kl/ref end (1e-3) | Δ held-out colour | mask or clip | KL moved per batch "
+             "| max drawdown | smoothed 20→100 | collapsed | s/step |"), "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, sm in results["summary"].items():
         algorithm, updates = name.split("/upb")
         kl_ref = {**sm["kl_ref_end"], "mean": 1e3 * sm["kl_ref_end"]["mean"],

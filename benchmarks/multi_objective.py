@@ -35,8 +35,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from mogen.evaluation.runs import load_metrics
-
 from quickstart_runs import (
     BASE_OVERRIDES,
     PROBE_STEPS,
@@ -48,6 +46,8 @@ from quickstart_runs import (
     run_plan,
     training_curves,
 )
+
+from mogen.evaluation.runs import load_metrics
 
 SUITE = ROOT / "benchmarks" / "suites" / "multi_objective.yaml"
 OUT_JSON = ROOT / "benchmarks" / "results" / "multi_objective.json"
@@ -61,13 +61,13 @@ WEIGHTINGS = {"verifier-heavy": (1.375, 1.375, 0.25), "equal": (1.0, 1.0, 1.0), 
 ALGORITHMS = {"dppo": [], "grpo_clip1e-4": ["algorithm.name=grpo", "algorithm.clip_range=1.0e-4"]}
 PROBES = [f"trained/{k}" for k in OBJECTIVES] + ["heldout/color", "heldout/overall", "kl_base/kl"]
 NOTES = [
-    "normalised_gain[k] = (probe trained/k at 100 - at 0) / base_sd[k]; base_sd[k] = std of objective k over the"
-    " base model's probe images (24 training prompts x 4, ODE, seed 1234; position only on position prompts).",
+    ("normalised_gain[k] = (probe trained/k at 100 - at 0) / base_sd[k]; base_sd[k] = std of objective k over the"
+    " base model's probe images (24 training prompts x 4, ODE, seed 1234; position only on position prompts)."),
     "worst_gain: the smallest normalised gain of the three objectives in a run (the balance number).",
     "compressibility is -kB of the 32x32 image as JPEG at quality 95: higher (less negative) is better.",
     f"smoothed_rewards: the per-objective training reward averaged over the last {WINDOW} steps at step 100.",
-    "GRPO uses the weighted sum of the per-objective group-normalised advantages; DPPO has one term and one mask"
-    " per objective (mogen.objectives), all at the quickstart's delta 5e-5.",
+    ("GRPO uses the weighted sum of the per-objective group-normalised advantages; DPPO has one term and one mask"
+    " per objective (mogen.objectives), all at the quickstart's delta 5e-5."),
 ]
 
 
@@ -185,8 +185,8 @@ def plot(results: dict, path: Path) -> None:
 
 
 def table(results: dict) -> str:
-    lines = ["| algorithm | weighting (count, position, compress) | Δ count | Δ position | Δ compress (kB) | normalised gains | worst "
-             "| Δ held-out colour | KL to base | mask or clip |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [("| algorithm | weighting (count, position, compress) | Δ count | Δ position | Δ compress (kB) | normalised gains | worst "
+             "| Δ held-out colour | KL to base | mask or clip |"), "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["runs"].values():
         p0, p1 = r["probes"]["0"], r["probes"][str(PROBE_STEPS[-1])]
         deltas = [p1[f"trained/{k}"] - p0[f"trained/{k}"] for k in OBJECTIVES]

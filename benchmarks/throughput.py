@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from quickstart_runs import BASE_OVERRIDES, RECIPE, ROOT, machine
+from typing_extensions import Self
 
 from mogen.config import load_recipe
 from mogen.evaluation.runs import load_metrics
@@ -70,7 +71,7 @@ class ForwardCounter:
             self.counts[f"{mode}_calls"] += 1
             self.counts[f"{mode}_samples"] += int(hidden.shape[0])
 
-    def __enter__(self) -> ForwardCounter:
+    def __enter__(self) -> Self:
         self.handle = torch.nn.modules.module.register_module_forward_hook(self._hook, with_kwargs=True)
         return self
 
@@ -233,10 +234,10 @@ def main() -> None:
         "toy_verifier_seconds_per_batch": (b / rates["toy_verifier (32x32)"]) if "toy_verifier (32x32)" in rates else None,
         "notes": [
             "one thread, shared 2-core machine: absolute times move with the load (load_average_at_write); ratios are steadier.",
-            "update_over_floor_s = trainer train_s - floor train_fwd_bwd: the policy loss math, logging statistics, grad"
-            " clipping and the kl/old_new diagnostic forwards (3 x 32 samples, no grad).",
-            "rollout_over_floor_s = trainer rollout_s - floor rollout_forwards: text encoding, decoding, the base-model"
-            " forwards for kl/ref (3 x 32 samples) and the SDE steps' bookkeeping.",
+            ("update_over_floor_s = trainer train_s - floor train_fwd_bwd: the policy loss math, logging statistics, grad"
+            " clipping and the kl/old_new diagnostic forwards (3 x 32 samples, no grad)."),
+            ("rollout_over_floor_s = trainer rollout_s - floor rollout_forwards: text encoding, decoding, the base-model"
+            " forwards for kl/ref (3 x 32 samples) and the SDE steps' bookkeeping."),
         ],
     }
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
