@@ -13,13 +13,20 @@ import os
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 
 from mogen.config import ConfigError
 
 
 def check_launch(accelerator: Accelerator) -> None:
-    """Refuse a launch where the launcher started N processes but accelerate set up no process group: each would
-    train alone on the full batch and all would write the same run directory."""
+    """Refuse engines the trainer does not drive correctly yet, and a launch where the launcher started N processes
+    but accelerate set up no process group (each would train alone on the full batch, all writing one run dir)."""
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise ConfigError(
+            f"accelerate is set up for {accelerator.distributed_type.value}, which mogen align does not support yet (saving "
+            "LoRA weights and optimizer state from sharded parameters, and DeepSpeed's own gradient accumulation, are not "
+            "wired in): launch with DDP, e.g. recipes/accelerate/ddp_bf16.yaml"
+        )
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != accelerator.num_processes:
         raise ConfigError(

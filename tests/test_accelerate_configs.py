@@ -1,31 +1,30 @@
 """The accelerate configs under recipes/accelerate/: each loads through accelerate's own loader and launcher.
 
-No GPU exists here, so the GPU engines (DDP, FSDP, DeepSpeed) are checked as far as accelerate itself goes
-without one: the file parses into a ClusterConfig, every key is one the installed `accelerate launch` knows
-(accelerate copies unknown nested keys without complaint), the launcher turns it into the environment the
-training processes would receive, and for FSDP the plugin built from that environment wraps exactly the
-transformer blocks of the real diffusers SD3 and FLUX classes. The CPU config is launched for real: two
-processes all-reduce a tensor over gloo, and `-m mogen` runs under it.
+No GPU exists here, so the GPU configs (one GPU, DDP on one or several machines) are checked as far as
+accelerate itself goes without one: the file parses into a ClusterConfig, every key is one the installed
+`accelerate launch` knows, and the launcher turns it into the environment the training processes would
+receive. The CPU config is launched for real: two processes all-reduce a tensor over gloo, and `-m mogen`
+runs under it. (FSDP and DeepSpeed are refused by `mogen align` for now: see mogen.distributed.check_launch.)
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
-from accelerate.utils import DeepSpeedPlugin, DistributedType, FullyShardedDataParallelPlugin
-from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
-from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env, prepare_simple_launcher_cmd_env
-from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
-
-from mogen.config import LoraConfig
-from mogen.lora import attach_lora
+from accelerate.utils import (
+    DistributedType,
+)
+from accelerate.utils.launch import (
+    prepare_multi_gpu_env,
+    prepare_simple_launcher_cmd_env,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "recipes" / "accelerate"
@@ -33,10 +32,6 @@ ACCELERATE = Path(sys.executable).with_name("accelerate")
 EXPECTED = {  # file -> (engine, processes): what each config is documented to select
     "single_gpu.yaml": (DistributedType.NO, 1),
     "ddp_bf16.yaml": (DistributedType.MULTI_GPU, 8),
-    "fsdp.yaml": (DistributedType.FSDP, 8),
-    "fsdp_offload.yaml": (DistributedType.FSDP, 2),
-    "deepspeed_zero2.yaml": (DistributedType.DEEPSPEED, 8),
-    "deepspeed_zero3.yaml": (DistributedType.DEEPSPEED, 8),
     "multi_node.yaml": (DistributedType.MULTI_GPU, 16),
     "cpu_2proc.yaml": (DistributedType.MULTI_GPU, 2),
 }
@@ -45,11 +40,8 @@ EXPECTED = {  # file -> (engine, processes): what each config is documented to s
 def launcher_env(config: Path) -> tuple[object, dict[str, str]]:
     """What `accelerate launch --config_file CONFIG -m mogen align ...` hands its processes: (args, environment)."""
     args = launch_command_parser().parse_args(["--config_file", str(config), "-m", "mogen", "align", "--recipe", "r.yaml"])
-    args, defaults, _ = _validate_launch_command(args)
-    if args.use_deepspeed:
-        args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)  # as launch_command sets it
-        _, env = prepare_deepspeed_cmd_env(args)
-    elif args.multi_gpu or args.use_fsdp:
+    args, _, _ = _validate_launch_command(args)
+    if args.multi_gpu:
         env = prepare_multi_gpu_env(args)
     else:
         cmd, env = prepare_simple_launcher_cmd_env(args)
@@ -81,85 +73,12 @@ def test_config_loads_with_accelerate_and_documents_its_launch(name: str) -> Non
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_nested_keys_are_launch_arguments(name: str) -> None:
-    """accelerate copies fsdp_config/deepspeed_config keys onto its launch args without checking them: a typo
-    would be dropped silently, so every key must name an argument of the installed `accelerate launch`."""
-    known = {action.dest for action in launch_command_parser()._actions}
-    raw = yaml.safe_load((CONFIGS / name).read_text())
-    nested = [key for section in ("fsdp_config", "deepspeed_config") for key in raw.get(section, {})]
-    assert not [key for key in nested if key not in known]
-
-
-@pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_launcher_builds_the_process_environment(name: str) -> None:
     args, env = launcher_env(CONFIGS / name)
     engine, processes = EXPECTED[name]
     assert int(args.num_processes) == processes
-    if engine == DistributedType.FSDP:
-        assert env["ACCELERATE_USE_FSDP"] == "true" and env["FSDP_VERSION"] == "2"
-        assert env["FSDP_AUTO_WRAP_POLICY"] == "TRANSFORMER_BASED_WRAP"
-        assert "FSDP_TRANSFORMER_CLS_TO_WRAP" not in env  # the model's _no_split_modules decide (SD3 and FLUX alike)
-        assert env["FSDP_CPU_RAM_EFFICIENT_LOADING"] == "false"  # true would load the text encoders empty on ranks > 0
-        assert env["FSDP_OFFLOAD_PARAMS"] == ("true" if "offload" in name else "false")
-    if engine == DistributedType.DEEPSPEED:
-        stage = 2 if "zero2" in name else 3
-        assert env["ACCELERATE_USE_DEEPSPEED"] == "true" and env["ACCELERATE_DEEPSPEED_ZERO_STAGE"] == str(stage)
-        assert env["ACCELERATE_GRADIENT_CLIPPING"] == "1.0"  # the SD3.5/FLUX recipes' train.grad_clip
-        if stage == 3:
-            assert env["ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL"] == "true"  # get_state_dict can gather the LoRA
     if name == "multi_node.yaml":
         assert args.num_machines == 2 and args.main_process_ip and args.main_process_port
-
-
-def _tiny_sd3() -> SD3Transformer2DModel:
-    return SD3Transformer2DModel(
-        sample_size=8, patch_size=2, in_channels=4, num_layers=3, attention_head_dim=8, num_attention_heads=2,
-        joint_attention_dim=16, caption_projection_dim=16, pooled_projection_dim=8, out_channels=4,
-    )
-
-
-def _tiny_flux() -> FluxTransformer2DModel:
-    return FluxTransformer2DModel(
-        patch_size=1, in_channels=16, num_layers=2, num_single_layers=3, attention_head_dim=8, num_attention_heads=2,
-        joint_attention_dim=16, pooled_projection_dim=8, guidance_embeds=True, axes_dims_rope=(2, 2, 4),
-    )
-
-
-@pytest.mark.parametrize(("build", "blocks"), [(_tiny_sd3, 3), (_tiny_flux, 5)], ids=["sd3", "flux"])
-@pytest.mark.parametrize("name", ["fsdp.yaml", "fsdp_offload.yaml"])
-def test_fsdp_plugin_wraps_each_transformer_block(name: str, build, blocks: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The plugin accelerate builds from the launcher's environment makes one FSDP unit per diffusers block."""
-    _, env = launcher_env(CONFIGS / name)
-    for key, value in env.items():
-        if key.startswith("FSDP_"):
-            monkeypatch.setenv(key, value)
-    plugin = FullyShardedDataParallelPlugin()
-    assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True
-    model = build()
-    attach_lora(model, LoraConfig(rank=4, alpha=8))  # as the trainer prepares it: LoRA attached first
-    policy = fsdp2_prepare_auto_wrap_policy(plugin, model)
-    wrapped = [type(m).__name__ for m in model.modules() if policy(m)]
-    assert len(wrapped) == blocks
-    assert set(wrapped) == set(model._no_split_modules)
-
-
-@pytest.mark.parametrize("name", ["deepspeed_zero2.yaml", "deepspeed_zero3.yaml"])
-def test_deepspeed_plugin_config_from_the_launcher(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The DeepSpeed JSON config accelerate builds in each process (deepspeed itself is not needed for this)."""
-    _, env = launcher_env(CONFIGS / name)
-    for key, value in env.items():
-        if key.startswith("ACCELERATE_"):
-            monkeypatch.setenv(key, value)
-    plugin = DeepSpeedPlugin()
-    plugin.set_mixed_precision("bf16")  # the SD3.5/FLUX recipes' train.mixed_precision
-    config = plugin.deepspeed_config
-    stage = 2 if "zero2" in name else 3
-    assert config["zero_optimization"]["stage"] == stage
-    assert config["zero_optimization"]["offload_param"]["device"] == "none"
-    assert config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is (stage == 3)
-    assert config["gradient_clipping"] == 1.0 and config["bf16"]["enabled"] is True
-    # mogen prepares no DataLoader, so the trainer must set this one before accelerator.prepare (see the GPU docs)
-    assert config["train_micro_batch_size_per_gpu"] == "auto"
 
 
 @pytest.mark.slow
@@ -172,6 +91,7 @@ def test_cpu_config_runs_two_gloo_processes(tmp_path: Path) -> None:
         "acc = Accelerator()\n"
         "total = acc.reduce(torch.tensor([acc.process_index + 1.0], device=acc.device), reduction='sum')\n"
         "print(f'rank {acc.process_index}/{acc.num_processes} {acc.distributed_type.value} {acc.state.backend} sum {total.item()}')\n"
+        "acc.end_training()  # destroys the process group: without it a gloo process may abort at exit\n"
     )
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
@@ -179,7 +99,7 @@ def test_cpu_config_runs_two_gloo_processes(tmp_path: Path) -> None:
         env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    lines = sorted(line for line in result.stdout.splitlines() if line.startswith("rank "))
+    lines = sorted(re.findall(r"rank \d/\d \S+ \S+ sum [\d.]+", result.stdout))  # the two processes' prints may interleave
     assert lines == ["rank 0/2 MULTI_CPU gloo sum 3.0", "rank 1/2 MULTI_CPU gloo sum 3.0"]
 
 
