@@ -272,9 +272,9 @@ def activations_per_sample(spec: ModelSpec, coefficients: dict, resolution: int)
 CONTEXT_ALLOWANCE = 2 * GIB  # CUDA context, cuBLAS workspaces, allocator fragmentation: a fixed allowance
 ENGINES = {  # name -> (accelerate config, processes, what is sharded)
     "ddp": ("single_gpu.yaml / ddp_bf16.yaml", 1, "nothing"),
-    "zero2_x8": ("deepspeed_zero2.yaml", 8, "LoRA grads + optimizer"),
-    "fsdp_x8": ("fsdp.yaml / deepspeed_zero3.yaml", 8, "weights + LoRA grads + optimizer"),
-    "fsdp_offload_x2": ("fsdp_offload.yaml", 2, "weights on CPU"),
+    "zero2_x8": ("DeepSpeed ZeRO-2 (not supported by mogen align yet)", 8, "LoRA grads + optimizer"),
+    "fsdp_x8": ("FSDP2 / ZeRO-3 (not supported by mogen align yet)", 8, "weights + LoRA grads + optimizer"),
+    "fsdp_offload_x2": ("FSDP2 + CPU offload (not supported by mogen align yet)", 2, "weights on CPU"),
 }
 FORMULAS = {
     "weights": "transformer (params + buffers) x 2 bytes (bf16)",
