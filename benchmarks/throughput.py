@@ -28,11 +28,13 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch loads
 
 import argparse
+import itertools
 import json
 import statistics
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -79,28 +81,35 @@ class ForwardCounter:
         self.handle.remove()
 
 
-def trainer_run(algorithm: str, steps: int, work: Path, module_class: type) -> tuple[dict, Counter]:
-    """`align` for `steps` steps; returns the run's per-step times and the transformer forwards counted."""
+def trainer_run(algorithm: str, steps: int, work: Path, module_class: type) -> tuple[dict, Counter, float, float]:
+    """`align` for `steps` steps; returns the per-step times it logged, the transformer forwards counted, and the
+    wall and CPU seconds of the whole call (CPU time of this one-thread process barely moves with the machine's load)."""
     recipe = load_recipe(RECIPE, [*BASE_OVERRIDES, *ALGORITHMS[algorithm], *NO_PROBES, f"train.steps={steps}",
                                   f"train.checkpoint_every={steps}", f"train.sample_every={steps}", f"output_dir={work}"])
+    wall, cpu = time.perf_counter(), time.process_time()
     with ForwardCounter(module_class) as counter:
         align(recipe)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     series = load_metrics(work)
     rows = np.isfinite(series["time/train_s"])
-    return {k: series[f"time/{k}_s"][rows].tolist() for k in ("rollout", "reward", "train")}, counter.counts
+    return {k: series[f"time/{k}_s"][rows].tolist() for k in ("rollout", "reward", "train")}, counter.counts, wall, cpu
 
 
 def median_after_warmup(values: list[float], skip: int = 2) -> float:
     return float(statistics.median(values[skip:] if len(values) > skip else values))
 
 
-def floor(repeats: int) -> dict:
-    """Median seconds of the floor's parts with the pinned quickstart's model, LoRA, batch and minibatches."""
+FLOOR_PARTS = ("encode", "rollout_forwards", "decode", "one_forward", "train_fwd_bwd")
+
+
+def floor_bench() -> tuple[Callable[[int], dict[str, list[tuple[float, float]]]], dict]:
+    """The floor with the pinned quickstart's model, LoRA, batch and minibatches: returns measure(repeats), giving
+    (wall, cpu) seconds of each part per repeat, and the setup's facts. Measured before and after the trainer runs."""
     recipe = load_recipe(RECIPE, BASE_OVERRIDES)
     torch.manual_seed(0)
     policy = load_policy(recipe.model, device=torch.device("cpu"), guidance_scale=recipe.sampler.guidance_scale)
     trainable = attach_lora(policy.transformer, recipe.lora)
-    with torch.no_grad():  # move LoRA off its zero init, as after some training (B = 0 would skip nothing, but be honest)
+    with torch.no_grad():  # LoRA B starts at 0; move it as training would (the cost is the same, the math is not trivial)
         for p in trainable:
             p.add_(1e-3 * torch.randn_like(p))
     optimizer = torch.optim.AdamW(trainable, lr=recipe.optim.lr)
@@ -109,40 +118,45 @@ def floor(repeats: int) -> dict:
     batch, sampler, minibatches = len(prompts), recipe.sampler, recipe.algorithm.minibatches
     times = timesteps(sampler.num_steps, sampler.shift)
     trained = list(range(sampler.train_steps))
-    parts: dict[str, list[float]] = {k: [] for k in ("encode", "rollout_forwards", "decode", "one_forward", "train_fwd_bwd")}
-    for repeat in range(repeats + 1):  # the first repeat warms up
-        tick = time.perf_counter()
-        with torch.no_grad():
-            cond = policy.encode_prompts(prompts)
-            t_encode = time.perf_counter()
-            x = torch.randn(batch, *policy.latent_shape)
-            latents = []
-            for i in range(sampler.num_steps):
-                latents.append(x)
-                x = ode_step(policy.velocity(x, times[i].expand(batch), cond), x, times[i], times[i + 1]).prev_sample
-            t_forwards = time.perf_counter()
-            policy.decode(x)
-            t_decode = time.perf_counter()
-            policy.velocity(latents[0], times[0].expand(batch), cond)
-            t_one = time.perf_counter()
-        policy.transformer.train()
-        for minibatch in torch.arange(batch).chunk(minibatches):
-            optimizer.zero_grad(set_to_none=True)
-            sub = index_cond(cond, minibatch)
-            for s in trained:
-                velocity = policy.velocity(latents[s][minibatch], times[s].expand(len(minibatch)), sub)
-                (velocity.float().square().mean() / len(trained)).backward()
-            optimizer.step()
-        policy.transformer.eval()
-        t_train = time.perf_counter()
-        if repeat:
-            for key, seconds in zip(parts, (t_encode - tick, t_forwards - t_encode, t_decode - t_forwards, t_one - t_decode, t_train - t_one)):
-                parts[key].append(seconds)
-    out = {k: float(statistics.median(v)) for k, v in parts.items()}
-    out["floor"] = out["rollout_forwards"] + out["train_fwd_bwd"]
-    out["transformer_class"] = type(policy.transformer)
-    out["batch"], out["trained_steps"], out["num_steps"], out["minibatches"] = batch, len(trained), sampler.num_steps, minibatches
-    return out
+
+    def clock() -> tuple[float, float]:
+        return time.perf_counter(), time.process_time()
+
+    def measure(repeats: int) -> dict[str, list[tuple[float, float]]]:
+        parts: dict[str, list[tuple[float, float]]] = {k: [] for k in FLOOR_PARTS}
+        for repeat in range(repeats + 1):  # the first repeat warms up
+            ticks = [clock()]
+            with torch.no_grad():
+                cond = policy.encode_prompts(prompts)
+                ticks.append(clock())
+                x = torch.randn(batch, *policy.latent_shape)
+                latents = []
+                for i in range(sampler.num_steps):
+                    latents.append(x)
+                    x = ode_step(policy.velocity(x, times[i].expand(batch), cond), x, times[i], times[i + 1]).prev_sample
+                ticks.append(clock())
+                policy.decode(x)
+                ticks.append(clock())
+                policy.velocity(latents[0], times[0].expand(batch), cond)
+                ticks.append(clock())
+            policy.transformer.train()
+            for minibatch in torch.arange(batch).chunk(minibatches):
+                optimizer.zero_grad(set_to_none=True)
+                sub = index_cond(cond, minibatch)
+                for s in trained:
+                    velocity = policy.velocity(latents[s][minibatch], times[s].expand(len(minibatch)), sub)
+                    (velocity.float().square().mean() / len(trained)).backward()
+                optimizer.step()
+            policy.transformer.eval()
+            ticks.append(clock())
+            if repeat:
+                for key, (a, b) in zip(FLOOR_PARTS, itertools.pairwise(ticks)):
+                    parts[key].append((b[0] - a[0], b[1] - a[1]))
+        return parts
+
+    facts = {"transformer_class": type(policy.transformer), "batch": batch, "trained_steps": len(trained),
+             "num_steps": sampler.num_steps, "minibatches": minibatches}
+    return measure, facts
 
 
 def scorer_rates() -> dict:
@@ -158,9 +172,9 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fl = results["floor_s"]
-    fig, ax = plt.subplots(figsize=(9, 4))
-    rows = [("floor", {"rollout forwards": fl["rollout_forwards"], "trained fwd+bwd": fl["train_fwd_bwd"]})]
+    fl = results["floor"]
+    fig, (ax, cpu_ax) = plt.subplots(1, 2, figsize=(14, 4), gridspec_kw={"width_ratios": [3, 2]})
+    rows = [("floor", {"rollout forwards": fl["rollout_forwards_s"], "trained fwd+bwd": fl["train_fwd_bwd_s"]})]
     for algorithm, r in results["trainer"].items():
         rows.append((algorithm, {"rollout": r["rollout_s"], "reward": r["reward_s"], "update": r["train_s"]}))
     colors = {"rollout forwards": "C0", "trained fwd+bwd": "C1", "rollout": "C0", "reward": "C2", "update": "C1"}
@@ -174,9 +188,22 @@ def plot(results: dict, path: Path) -> None:
             left += seconds
         ax.text(left + 0.02, y, f"{left:.2f} s", va="center", fontsize=9)
     ax.set_yticks(range(len(rows)), [r[0] for r in rows])
-    ax.set(xlabel="seconds per training step (one thread, batch 32, 10 steps, 3 trained)",
-           title="Time per training step: trainer vs floor (rollout forwards + trained forward/backward)")
+    ax.set(xlabel="wall seconds per training step (median; one thread on a shared machine)",
+           title="Per step: rollout / reward / update vs the floor")
     ax.legend(fontsize=8, loc="lower right")
+    names = list(results["trainer"])
+    floor_cpu = fl["floor_cpu_s"]
+    extra = [results["trainer"][n]["extra_forwards_cpu_s"] for n in names]
+    rest = [results["trainer"][n]["cpu_per_step_s"] - floor_cpu - e for n, e in zip(names, extra)]
+    y = np.arange(len(names))
+    cpu_ax.barh(y, [floor_cpu] * len(names), color="grey", label="floor")
+    cpu_ax.barh(y, extra, left=floor_cpu, color="C4", label="extra no-grad forwards (kl/ref, kl/old_new)")
+    cpu_ax.barh(y, rest, left=[floor_cpu + e for e in extra], color="C3", label="everything else")
+    for i, n in enumerate(names):
+        cpu_ax.text(results["trainer"][n]["cpu_per_step_s"] + 0.02, i, f"{results['trainer'][n]['cpu_per_step_s']:.2f} s", va="center", fontsize=9)
+    cpu_ax.set_yticks(y, names)
+    cpu_ax.set(xlabel="CPU seconds per training step (load-independent)", title="Trainer CPU per step over the floor")
+    cpu_ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -185,66 +212,84 @@ def plot(results: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=10, help="trainer steps per algorithm (the first 2 are not timed)")
-    parser.add_argument("--repeats", type=int, default=5, help="repeats of the floor measurement")
+    parser.add_argument("--repeats", type=int, default=4, help="repeats of the floor measurement, before and after the trainer runs")
     args = parser.parse_args()
     torch.set_num_threads(1)
     started = time.perf_counter()
-    fl = floor(args.repeats)
-    module_class = fl.pop("transformer_class")
+    measure, facts = floor_bench()
+    parts = measure(args.repeats)
     trainer, forwards = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for algorithm in ALGORITHMS:
-            times, counts = trainer_run(algorithm, args.steps, Path(tmp) / algorithm, module_class)
-            _, counts_short = trainer_run(algorithm, 2, Path(tmp) / f"{algorithm}_2", module_class)
-            per_step = {k: (counts[k] - counts_short[k]) / (args.steps - 2) for k in counts}
+            times, counts, wall, cpu = trainer_run(algorithm, args.steps, Path(tmp) / algorithm, facts["transformer_class"])
+            _, counts_short, wall_short, cpu_short = trainer_run(algorithm, 2, Path(tmp) / f"{algorithm}_2", facts["transformer_class"])
+            forwards[algorithm] = {k: (counts[k] - counts_short[k]) / (args.steps - 2) for k in counts}
             trainer[algorithm] = {f"{k}_s": median_after_warmup(v) for k, v in times.items()}
             trainer[algorithm]["total_s"] = sum(trainer[algorithm].values())
-            update_over_floor = trainer[algorithm]["train_s"] - fl["train_fwd_bwd"]
-            rollout_over_floor = trainer[algorithm]["rollout_s"] - fl["rollout_forwards"]
-            trainer[algorithm].update({
-                "rollout_over_floor_s": rollout_over_floor,
-                "update_over_floor_s": update_over_floor,
-                "update_overhead_fraction": update_over_floor / fl["train_fwd_bwd"],
-                "step_overhead_fraction": (trainer[algorithm]["rollout_s"] + trainer[algorithm]["train_s"]) / fl["floor"] - 1,
-                "per_step_times": times,
-            })
-            forwards[algorithm] = per_step
-    b, s = fl["batch"], fl["trained_steps"]
+            trainer[algorithm]["wall_per_step_s"] = (wall - wall_short) / (args.steps - 2)
+            trainer[algorithm]["cpu_per_step_s"] = (cpu - cpu_short) / (args.steps - 2)
+            trainer[algorithm]["per_step_times"] = times
+    for key, values in measure(args.repeats).items():  # again after: the load may have changed meanwhile
+        parts[key] += values
+    fl = {f"{k}_s": float(statistics.median(w for w, _ in v)) for k, v in parts.items()}
+    fl |= {f"{k}_cpu_s": float(statistics.median(c for _, c in v)) for k, v in parts.items()}
+    fl["floor_s"] = fl["rollout_forwards_s"] + fl["train_fwd_bwd_s"]
+    fl["floor_cpu_s"] = fl["rollout_forwards_cpu_s"] + fl["train_fwd_bwd_cpu_s"]
+    b, s = facts["batch"], facts["trained_steps"]
+    floor_no_grad = facts["num_steps"] * b
+    for algorithm, t in trainer.items():
+        extra_forwards = (forwards[algorithm]["no_grad_samples"] - floor_no_grad) / b  # in batch-of-32 forwards
+        t |= {
+            "rollout_over_floor_s": t["rollout_s"] - fl["rollout_forwards_s"],
+            "update_over_floor_s": t["train_s"] - fl["train_fwd_bwd_s"],
+            "update_over_floor_fraction": t["train_s"] / fl["train_fwd_bwd_s"] - 1,
+            "step_over_floor_fraction": (t["rollout_s"] + t["train_s"]) / fl["floor_s"] - 1,
+            "cpu_step_over_floor_fraction": t["cpu_per_step_s"] / fl["floor_cpu_s"] - 1,
+            "extra_no_grad_forwards_per_step": extra_forwards,
+            "extra_forwards_cpu_s": extra_forwards * fl["one_forward_cpu_s"],
+        }
     rates = scorer_rates()
     results = {
         "recipe": str(RECIPE.relative_to(ROOT)), "base_overrides": BASE_OVERRIDES, "machine": machine(1),
-        "trainer_steps": args.steps, "floor_repeats": args.repeats,
+        "trainer_steps": args.steps, "floor_repeats": 2 * args.repeats, **{k: v for k, v in facts.items() if k != "transformer_class"},
         "trainer": trainer,
-        "floor_s": fl,
+        "floor": fl,
         "transformer_forwards_per_step": forwards,
         "transformer_forwards_expected": {
-            "rollout (no grad)": f"{fl['num_steps']} calls x {b} samples",
+            "rollout (no grad)": f"{facts['num_steps']} calls x {b} samples",
             "base-model means for kl/ref (no grad)": f"{s} calls x {b} samples",
-            "update (grad)": f"{s} calls x {fl['minibatches']} minibatches x {b // fl['minibatches']} samples per pass",
+            "update (grad)": f"{s} calls x {facts['minibatches']} minibatches x {b // facts['minibatches']} samples per pass",
             "kl/old_new after the update (no grad, a diagnostic)": f"{s} calls x {b} samples",
         },
         "old_means_recorded_at_rollout": {
             "forwards_saved_per_step": {"calls": s, "samples": s * b},
-            "seconds_saved_per_step": s * fl["one_forward"],
-            "fraction_of_dppo_step": s * fl["one_forward"] / trainer["dppo"]["total_s"],
-            "note": "recomputing mean_old before the update needs one no-grad forward per trained step over the batch "
-                    "(once per batch, whatever updates_per_batch is); mogen records it during the rollout instead.",
+            "seconds_saved_per_step": s * fl["one_forward_s"],
+            "cpu_seconds_saved_per_step": s * fl["one_forward_cpu_s"],
+            "fraction_of_dppo_step_cpu": s * fl["one_forward_cpu_s"] / trainer["dppo"]["cpu_per_step_s"],
+            "note": ("recomputing mean_old before the update needs one no-grad forward per trained step over the batch"
+                     " (once per batch, whatever updates_per_batch is); mogen records it during the rollout instead."),
         },
+        "reward_images_per_s_in_trainer": {a: b / t["reward_s"] for a, t in trainer.items()},
         "scorer_images_per_s": rates,
-        "toy_verifier_seconds_per_batch": (b / rates["toy_verifier (32x32)"]) if "toy_verifier (32x32)" in rates else None,
         "notes": [
-            "one thread, shared 2-core machine: absolute times move with the load (load_average_at_write); ratios are steadier.",
-            ("update_over_floor_s = trainer train_s - floor train_fwd_bwd: the policy loss math, logging statistics, grad"
-            " clipping and the kl/old_new diagnostic forwards (3 x 32 samples, no grad)."),
-            ("rollout_over_floor_s = trainer rollout_s - floor rollout_forwards: text encoding, decoding, the base-model"
-            " forwards for kl/ref (3 x 32 samples) and the SDE steps' bookkeeping."),
+            ("one thread; the 2-core machine is shared, so wall times move with the load (machine.load_average_at_write)."
+            " cpu_* numbers are this process's CPU time (time.process_time), which the load barely changes."),
+            ("trainer *_s: medians over steps 3.. of the trainer's time/rollout_s, reward_s, train_s (wall);"
+            " cpu_per_step_s and wall_per_step_s: (run of N steps - run of 2 steps) / (N - 2), whole step incl. logging."),
+            ("floor: the rollout's 10 forwards over the batch (no grad) + forward/backward of a plain loss at the 3 trained"
+            " steps in 2 minibatches + optimizer steps; encode/decode/one_forward are listed but not in the floor."),
+            ("extra_no_grad_forwards_per_step: transformer forwards beyond the floor's, in batch-of-32 units: 3 for the"
+            " base model's means (kl/ref, a logged diagnostic and the beta penalty's reference) + 3 for kl/old_new."),
+            ("reward_images_per_s_in_trainer: 32 images / reward_s, three toy-verifier objectives per image (count, shape,"
+            " position). scorer_images_per_s is copied from scorer_throughput.json (its toy_verifier row scores"
+            " 'overall' on mixed prompts, including text via tesseract, so it is much slower than the trainer's)."),
         ],
     }
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
     OUT_JSON.parent.mkdir(parents=True, exist_ok=True)
     OUT_JSON.write_text(json.dumps(results, indent=2) + "\n")
     plot(results, OUT_PNG)
-    print(json.dumps({k: v for k, v in results.items() if k not in ("base_overrides",)}, indent=2, default=str)[:6000])
+    print(json.dumps({k: v for k, v in results.items() if k not in ("base_overrides",)}, indent=2)[:5000])
     print(f"wrote {OUT_JSON} and {OUT_PNG}")
 
 
