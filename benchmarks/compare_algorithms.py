@@ -7,7 +7,8 @@ run's metrics.jsonl we keep the probes at 0/50/100, the final KL to base, the me
 (GRPO) fraction and the seconds per step; the JSON holds every run and the mean +- std over seeds per variant,
 and the PNG plots the trained mean over steps and the trained gain against KL to base.
 
-    python benchmarks/compare_algorithms.py            # all variants (about 25 min on 2 cores)
+    python benchmarks/compare_algorithms.py            # all 18 runs: ~35 min with --jobs 2 on 2 free cores
+                                                       # (measured: 190-270 s per run on one thread, --jobs 1, load 4-5)
     python benchmarks/compare_algorithms.py --quick    # seed 0 of dppo and grpo only
     python benchmarks/compare_algorithms.py --only dppo_cps --seeds 0 1 2   # finished runs are reused
 
@@ -65,23 +66,28 @@ VARIANTS: dict[str, list[str]] = {
 }
 REFERENCE = "grpo_clip1e-4"  # whose final reward the others race to
 NOTES = [
-    "mean_mask_or_clip_fraction: DPPO's masked or GRPO's clipped share of sample-steps, averaged over updates and steps;"
-    " the first minibatch of each batch is on-policy (ratio 1, KL 0), so at most half of it can fire.",
-    "update_kl_max_median: DPPO's exact per-step KL; for GRPO the one-sample k3 estimate (not comparable)."
-    " kl_old_new_median: the exact KL between the policy before and after each batch's update, for both.",
+    ("mean_mask_or_clip_fraction: DPPO's masked or GRPO's clipped share of sample-steps, averaged over updates and steps;"
+    " the first minibatch of each batch is on-policy (ratio 1, KL 0), so at most half of it can fire."),
+    ("update_kl_max_median: DPPO's exact per-step KL; for GRPO the one-sample k3 estimate (not comparable)."
+    " kl_old_new_median: the exact KL between the policy before and after each batch's update, for both."),
     "dppo_cps keeps delta 5e-5 (not rescaled): update/kl_max_median shows the per-step KL scale under CPS.",
     "seconds_per_step: the trainer's time/rollout_s, reward_s, train_s per step; probes (steps 0/50/100) are extra.",
-    "probes: recipes/eval/quickstart.yaml, 24 fixed prompts x 4 images, ODE, seed 1234; trained/mean is the mean of"
-    " count, shape and position; kl_base/kl is the mean per-step KL to the base on held-out prompts.",
-    f"smoothed reward: the training reward/total (sum of the three objectives' mean scores over a step's 32 rollout"
-    f" samples, SDE) averaged over the last {WINDOW} steps (640 samples), defined from step {WINDOW} on.",
-    f"steps_to_reach: the first step at which a run's smoothed reward reaches the target = the smoothed reward of"
+    ("probes: recipes/eval/quickstart.yaml, 24 fixed prompts x 4 images, ODE, seed 1234; trained/mean is the mean of"
+    " count, shape and position; kl_base/kl is the mean per-step KL to the base on held-out prompts."),
+    (f"smoothed reward: the training reward/total (sum of the three objectives' mean scores over a step's 32 rollout"
+    f" samples, SDE) averaged over the last {WINDOW} steps (640 samples), defined from step {WINDOW} on."),
+    (f"steps_to_reach: the first step at which a run's smoothed reward reaches the target = the smoothed reward of"
     f" {REFERENCE} at step 100 with the SAME seed (runs of one seed draw the same prompts at every step); null if"
-    " never within 100 steps (summary: mean +- std over the runs that reach it, and how many did).",
-    f"kl_ref_end / kl_ref_at_reach: the training kl/ref (exact per-step KL of the rollout policy to the base at the"
+    " never within 100 steps (summary: mean +- std over the runs that reach it, and how many did)."),
+    (f"kl_ref_end / kl_ref_at_reach: the training kl/ref (exact per-step KL of the rollout policy to the base at the"
     f" trained steps, averaged over latent dims) averaged over the same {WINDOW}-step window as the smoothed reward,"
-    " at step 100 / at steps_to_reach. Under CPS the per-step std differs, so its KL is on another scale.",
+    " at step 100 / at steps_to_reach. Under CPS the per-step std differs, so its KL is on another scale."),
     "heldout_*_change: probe value at step 100 minus step 0 (negative = forgetting).",
+    ("runs with git_commit 05cef05 ran two at a time (--jobs 2), later ones one at a time, all on one thread each;"
+     " the mogen code they ran differs only in probe refactoring (same numbers)."),
+    ("dppo_cps samples its rollouts with CPS, so its training reward (and kl/ref) is measured on other samples than"
+     " the SDE variants': it starts higher (smoothed 1.83 at step 20 vs 1.70-1.75) and its steps_to_reach is not"
+     " comparable; compare it through the ODE probes (trained mean, held-out)."),
 ]
 SEEDS = {name: [0, 1, 2] for name in VARIANTS}
 
@@ -254,8 +260,8 @@ def table(results: dict) -> str:
                      + " | ".join(cell(sm[f"step100/{k}"]) for k in ("trained/count", "trained/shape", "trained/position", "heldout/color"))
                      + f" | {cell(sm['step100/kl_base/kl'], 4)} | {cell(sm['final_kl_ref'], 4)} | {cell(sm['mean_mask_or_clip_fraction'], 4)}"
                      + f" | {cell(sm['seconds_per_step'], 2)} |")
-    lines += ["", f"| variant | smoothed reward at 100 | reaches {REFERENCE}'s (same seed) | steps to reach | kl/ref at reach (1e-3) "
-              "| kl/ref at 100 (1e-3) | Δ held-out colour | Δ held-out overall |", "|---|---|---|---|---|---|---|---|"]
+    lines += ["", (f"| variant | smoothed reward at 100 | reaches {REFERENCE}'s (same seed) | steps to reach | kl/ref at reach (1e-3) "
+              "| kl/ref at 100 (1e-3) | Δ held-out colour | Δ held-out overall |"), "|---|---|---|---|---|---|---|---|"]
     for name, variant in results["variants"].items():
         sm = variant["summary"]
         if not sm or "reached" not in sm:
