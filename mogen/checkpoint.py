@@ -1,9 +1,15 @@
 """Atomic checkpoints: a crash never leaves half a checkpoint, and `--resume` continues bit for bit.
 
-A checkpoint is a folder `checkpoints/step-<N>/` holding the LoRA weights (safetensors), the optimizer state
-(torch.save, loaded with weights_only=True) and `state.json` (the step). It is written to a temporary folder
-and renamed into place; the rename is atomic on POSIX filesystems. Nothing else needs saving because every
-random draw of step N comes from generators seeded with (seed, N): see `mogen.trainer.step_generators`.
+A checkpoint is a folder `checkpoints/step-<N>/` holding the LoRA weights (safetensors, peft key names), the
+optimizer state (torch.save, loaded with weights_only=True) and `state.json` (the step). It is written to a
+temporary folder and renamed into place; the rename is atomic on POSIX filesystems. Nothing else needs saving
+because every random draw of step N comes from generators seeded with (seed, N): see `mogen.trainer.step_generators`.
+
+The same files serve every engine. torch.distributed.checkpoint gathers the full (unsharded) LoRA and optimizer
+state, keyed by parameter name, from the model as accelerate prepared it (bare, DDP, FSDP2); the main process
+writes them. On resume every process reads them: the LoRA goes into the bare model before accelerator.prepare
+shards it, and the optimizer state is scattered into the prepared optimizer, so a run can also resume under
+another engine or process count.
 """
 
 from __future__ import annotations
@@ -13,27 +19,40 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
 
 import torch
+from accelerate import PartialState
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 
 from mogen.lora import load_lora, save_lora
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
+FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)  # gathered to the main process's CPU
 
 
-def save_checkpoint(
-    run_dir: Path, step: int, transformer: torch.nn.Module, optimizer: torch.optim.Optimizer, keep: int
-) -> Path:
-    """Write `checkpoints/step-<step>/` atomically and prune all but the newest `keep` checkpoints."""
+def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, keep: int) -> Path:
+    """Write `checkpoints/step-<step>/` atomically and prune all but the newest `keep` checkpoints.
+
+    `model` and `optimizer` as accelerate prepared them. Every process must call this (sharded state is
+    gathered); the main process writes."""
+    main = PartialState().is_main_process
     root = run_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
     tmp = root / f".tmp-step-{step}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_lora(transformer, tmp / "lora.safetensors")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    if main:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    save_lora(model, tmp / "lora.safetensors")
+    # an optimizer that never stepped has no state to save (DCP would create one with a zero-lr step)
+    optimizer_state = get_optimizer_state_dict(model, optimizer, options=FULL_STATE) if optimizer.state else {}
+    if not main:
+        return final
+    torch.save(optimizer_state, tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step}))
     for f in tmp.iterdir():
         with open(f, "rb") as handle:
@@ -55,8 +74,14 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def load_checkpoint(path: Path, transformer: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore LoRA weights and optimizer state in place; returns the saved state (`{"step": N}`)."""
+def load_checkpoint_lora(path: Path, transformer: torch.nn.Module) -> None:
+    """Restore the LoRA weights into the bare transformer, before accelerator.prepare (which shards them)."""
     load_lora(transformer, path / "lora.safetensors")
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
-    return json.loads((path / "state.json").read_text())
+
+
+def load_checkpoint_optimizer(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Restore the optimizer state into the prepared optimizer (each process keeps its shard); returns the step."""
+    state = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
+    if state:
+        set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+    return json.loads((path / "state.json").read_text())["step"]

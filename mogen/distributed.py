@@ -3,7 +3,8 @@
 Every process draws the same global batch (prompts and noise come from generators seeded with (seed, step)) and
 rolls out its own contiguous slice of it. Rewards are gathered so that every process holds the scores of the
 whole batch and computes the same group-normalised advantages: a prompt group is normalised over all its samples,
-wherever they were sampled. Gradients are all-reduced by the engine accelerate prepared (DDP, FSDP, DeepSpeed).
+wherever they were sampled. Gradients are all-reduced by the engine accelerate prepared (DDP, or FSDP2, which
+also shards the weights).
 With one process every function here is the identity.
 """
 
@@ -19,13 +20,19 @@ from mogen.config import ConfigError
 
 
 def check_launch(accelerator: Accelerator) -> None:
-    """Refuse engines the trainer does not drive correctly yet, and a launch where the launcher started N processes
+    """Refuse engines the trainer does not drive correctly, and a launch where the launcher started N processes
     but accelerate set up no process group (each would train alone on the full batch, all writing one run dir)."""
-    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
         raise ConfigError(
-            f"accelerate is set up for {accelerator.distributed_type.value}, which mogen align does not support yet (saving "
-            "LoRA weights and optimizer state from sharded parameters, and DeepSpeed's own gradient accumulation, are not "
-            "wired in): launch with DDP, e.g. recipes/accelerate/ddp_bf16.yaml"
+            "accelerate is set up for DeepSpeed, which mogen align does not support yet (DeepSpeed steps the optimizer "
+            "inside its own gradient accumulation, which does not match mogen's accumulation over the trained steps): "
+            "launch with DDP (recipes/accelerate/ddp_bf16.yaml) or FSDP2 (recipes/accelerate/fsdp.yaml)"
+        )
+    if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
+        raise ConfigError(
+            "accelerate is set up for FSDP version 1, which cannot shard LoRA's float32 weights on a bf16 base (it "
+            "flattens each unit into one tensor of a single dtype): set `fsdp_version: 2` in the accelerate config, "
+            "as recipes/accelerate/fsdp.yaml does"
         )
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != accelerator.num_processes:

@@ -18,7 +18,14 @@ from typing import Any
 
 import torch
 import yaml
-from diffusers import FluxPipeline, FluxTransformer2DModel, SD3Transformer2DModel, StableDiffusion3Pipeline
+from accelerate import PartialState
+from accelerate.utils import extract_model_from_parallel
+from diffusers import (
+    FluxPipeline,
+    FluxTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+)
 from peft import LoraConfig as PeftLoraConfig
 from pydantic import ValidationError
 from safetensors.torch import load_file
@@ -52,17 +59,24 @@ def save_diffusers_lora(state: dict[str, torch.Tensor], peft_config: dict[str, A
 
 
 def export_lora(transformer: torch.nn.Module, family: str, out_dir: str | Path) -> Path:
-    """Export the LoRA adapter attached to `transformer` (by mogen.lora.attach_lora) for `family`'s pipeline."""
+    """Export the LoRA adapter attached to `transformer` (by mogen.lora.attach_lora) for `family`'s pipeline.
+
+    `transformer` may be prepared by accelerate (DDP, FSDP2): every process must then call this (the adapter's
+    shards are gathered) and the main process writes."""
     _, transformer_class = _format(family)
-    if not isinstance(transformer, transformer_class):
-        raise ValueError(f"model.family {family!r} exports a {transformer_class.__name__}, got a {type(transformer).__name__}")
-    configs = getattr(transformer, "peft_config", None)
+    bare = extract_model_from_parallel(transformer)
+    if not isinstance(bare, transformer_class):
+        raise ValueError(f"model.family {family!r} exports a {transformer_class.__name__}, got a {type(bare).__name__}")
+    configs = getattr(bare, "peft_config", None)
     if not configs:
-        raise ValueError(f"the {type(transformer).__name__} has no LoRA adapter to export (attach one with mogen.lora.attach_lora)")
+        raise ValueError(f"the {type(bare).__name__} has no LoRA adapter to export (attach one with mogen.lora.attach_lora)")
     if len(configs) != 1:
         raise ValueError(f"expected one LoRA adapter, found {sorted(configs)}")
     (peft_config,) = configs.values()
-    return save_diffusers_lora(lora_state_dict(transformer), peft_config.to_dict(), family, out_dir)
+    state = lora_state_dict(transformer)
+    if not PartialState().is_main_process:
+        return Path(out_dir) / LORA_WEIGHT_NAME
+    return save_diffusers_lora(state, peft_config.to_dict(), family, out_dir)
 
 
 def _read_run_config(run: Path) -> tuple[ModelConfig, LoraConfig]:

@@ -2,6 +2,10 @@
 
 The reference policy of the KL penalty and of the forgetting probes is the same transformer with its adapter
 disabled, so the base model is never held twice in memory.
+
+Saving works on the transformer as accelerate prepared it, whatever the engine: torch.distributed.checkpoint
+gathers the trainable parameters only (under FSDP2 each is a DTensor holding one shard per process; the frozen
+base weights are never gathered), and peft turns their parameter names into its adapter key names.
 """
 
 from __future__ import annotations
@@ -11,9 +15,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import extract_model_from_parallel
 from peft import LoraConfig as PeftLoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+)
 
 from mogen.config import LoraConfig
 
@@ -57,17 +67,33 @@ def adapter_disabled(transformer: torch.nn.Module) -> Iterator[None]:
         transformer.enable_adapters()
 
 
-def lora_state_dict(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter's weights (peft key names, float32, contiguous) for saving."""
-    return {k: v.detach().float().contiguous() for k, v in get_peft_model_state_dict(transformer).items()}
+def lora_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter's weights (peft key names, float32, contiguous, on the CPU) for saving.
+
+    `model` is the transformer, bare or as accelerate prepared it (DDP-wrapped, FSDP2-sharded). With several
+    processes every one of them must call this (FSDP all-gathers each LoRA weight's shards) and only the main
+    process receives the weights: the others get an empty dict.
+    """
+    gathered = get_model_state_dict(
+        model, options=StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+    )
+    if not gathered:
+        return {}
+    peft_state = get_peft_model_state_dict(extract_model_from_parallel(model), state_dict=gathered)
+    return {k: v.detach().float().contiguous() for k, v in peft_state.items()}
 
 
-def save_lora(transformer: torch.nn.Module, path: Path) -> None:
-    save_file(lora_state_dict(transformer), str(path))
+def save_lora(model: torch.nn.Module, path: Path) -> None:
+    """Write the adapter's weights (safetensors). Every process must call it; the main process writes."""
+    state = lora_state_dict(model)
+    if PartialState().is_main_process:
+        save_file(state, str(path))
 
 
 def load_lora(transformer: torch.nn.Module, path: Path) -> None:
-    """Load adapter weights saved by `save_lora` into an adapter attached with the same LoRA config."""
+    """Load adapter weights saved by `save_lora` into an adapter attached with the same LoRA config.
+
+    `transformer` is the bare model: under FSDP load before accelerator.prepare, which then shards the weights."""
     state = load_file(str(path))
     result = set_peft_model_state_dict(transformer, state)
     unexpected = getattr(result, "unexpected_keys", None)

@@ -9,8 +9,8 @@ checkpoint at step N continues exactly as the uninterrupted run would have (bit 
 
 Data parallel (`accelerate launch`, see mogen.distributed): every process draws the same global batch and rolls
 out its slice; rewards are gathered, so advantages, logged rewards and the KL gates are those of the whole batch
-on every process. Probes and grids are computed by every process (an FSDP forward needs all of them) and written
-by the main process, which alone writes metrics, checkpoints and the LoRA.
+on every process. Probes, grids, checkpoints and the LoRA are computed by every process (an FSDP forward needs
+all of them, and so does gathering sharded weights) and written by the main process, which alone writes metrics.
 """
 
 from __future__ import annotations
@@ -27,7 +27,12 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
-from mogen.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from mogen.checkpoint import (
+    list_checkpoints,
+    load_checkpoint_lora,
+    load_checkpoint_optimizer,
+    save_checkpoint,
+)
 from mogen.config import Recipe, recipe_to_yaml
 from mogen.distributed import check_launch, gather_samples, shard_of, sum_over_processes
 from mogen.evaluation.during_training import Probes
@@ -99,6 +104,7 @@ def align(recipe: Recipe, resume: bool = False) -> Path:
     checkpoints = list_checkpoints(run_dir)
     if checkpoints and not resume:
         raise FileExistsError(f"{run_dir} already holds checkpoints: pass --resume to continue it, or choose another output_dir")
+    resume_from = checkpoints[-1] if resume and checkpoints else None
     accelerator.wait_for_everyone()  # every process has looked for checkpoints before the main one writes
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -106,18 +112,21 @@ def align(recipe: Recipe, resume: bool = False) -> Path:
     set_seed(recipe.train.seed)  # LoRA's initial A matrices come from the global RNG
     policy = load_policy(recipe.model, device=device, guidance_scale=recipe.sampler.guidance_scale)
     trainable = attach_lora(policy.transformer, recipe.lora)
+    if resume_from is not None:  # into the bare model: accelerator.prepare then shards it (FSDP)
+        load_checkpoint_lora(resume_from, policy.transformer)
     if recipe.model.gradient_checkpointing:
         policy.transformer.enable_gradient_checkpointing()
     optimizer = torch.optim.AdamW(
         trainable, lr=recipe.optim.lr, betas=recipe.optim.betas, eps=recipe.optim.eps, weight_decay=recipe.optim.weight_decay
     )
     policy.transformer, optimizer = accelerator.prepare(policy.transformer, optimizer)
+    trainable = [p for p in policy.transformer.parameters() if p.requires_grad]  # FSDP2 replaced them by their shards
     objectives = Objectives.build(recipe.rewards, device=device)
     prompts = PromptSource.build(recipe.prompts)
     start_step = 0
-    if resume and checkpoints:
-        start_step = load_checkpoint(checkpoints[-1], accelerator.unwrap_model(policy.transformer), optimizer)["step"]
-        accelerator.print(f"resuming from {checkpoints[-1]} (step {start_step})")
+    if resume_from is not None:
+        start_step = load_checkpoint_optimizer(resume_from, policy.transformer, optimizer)
+        accelerator.print(f"resuming from {resume_from} (step {start_step})")
     accelerator.init_trackers("mogen")
     log = MetricsLog(run_dir / "metrics.jsonl", accelerator, start_step)
     probes = Probes.build(recipe.eval)
@@ -197,20 +206,19 @@ def align(recipe: Recipe, resume: bool = False) -> Path:
                 (run_dir / "samples").mkdir(exist_ok=True)
                 grid.save(run_dir / "samples" / f"step-{done}.png")
         if done % recipe.train.checkpoint_every == 0 or done == recipe.train.steps or probes.should_stop:
-            if main:
-                save_checkpoint(run_dir, done, transformer, optimizer, recipe.train.keep_checkpoints)
+            save_checkpoint(run_dir, done, policy.transformer, optimizer, recipe.train.keep_checkpoints)
             accelerator.wait_for_everyone()
         if probes.should_stop:
             accelerator.print(f"stopping at step {done}: the reward-hacking alarm fired and the suite asks to stop")
             break
 
     # --- save --------------------------------------------------------------------------------------------
+    lora_dir = run_dir / "lora"
     if main:
-        lora_dir = run_dir / "lora"
         lora_dir.mkdir(exist_ok=True)
-        save_lora(transformer, lora_dir / "adapter.safetensors")
         (lora_dir / "adapter_config.json").write_text(json.dumps(recipe.lora.model_dump(mode="json"), indent=2))
-        export_lora(transformer, recipe.model.family, lora_dir)  # pytorch_lora_weights.safetensors for diffusers
+    save_lora(policy.transformer, lora_dir / "adapter.safetensors")  # every process: FSDP gathers the shards
+    export_lora(policy.transformer, recipe.model.family, lora_dir)  # pytorch_lora_weights.safetensors for diffusers
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return run_dir

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
+from torch.distributed.tensor import DTensor
 
 from mogen.config import AlgorithmConfig
 from mogen.distributed import gather_samples, sum_over_processes
@@ -113,6 +114,8 @@ def policy_update(
                     accelerator.backward(loss * scale / num_steps)
             if grad_clip is not None:
                 grad_norm = accelerator.clip_grad_norm_(trainable, grad_clip)  # of the all-reduced gradient
+                if isinstance(grad_norm, DTensor):  # FSDP2: the norm over every process's gradient shards
+                    grad_norm = grad_norm.full_tensor()
                 stats_log.add("grad_norm", grad_norm.detach().float(), 1.0)
             optimizer.step()
 

@@ -5,7 +5,12 @@ from pathlib import Path
 import torch
 from diffusers import SD3Transformer2DModel
 
-from mogen.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from mogen.checkpoint import (
+    list_checkpoints,
+    load_checkpoint_lora,
+    load_checkpoint_optimizer,
+    save_checkpoint,
+)
 from mogen.config import LoraConfig
 from mogen.lora import attach_lora, lora_state_dict
 
@@ -33,10 +38,21 @@ def test_interrupted_write_is_ignored_and_latest_complete_checkpoint_loads(tmp_p
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-2"]
 
     fresh, fresh_optimizer = _model()
-    state = load_checkpoint(list_checkpoints(tmp_path)[-1], fresh, fresh_optimizer)
-    assert state == {"step": 2}
+    load_checkpoint_lora(list_checkpoints(tmp_path)[-1], fresh)
+    assert load_checkpoint_optimizer(list_checkpoints(tmp_path)[-1], fresh, fresh_optimizer) == 2
     assert all(torch.equal(saved[k], v) for k, v in lora_state_dict(fresh).items())
-    assert fresh_optimizer.state_dict()["state"][0]["step"] == 1
+    for restored, original in zip(fresh_optimizer.state_dict()["state"].values(), optimizer.state_dict()["state"].values()):
+        assert restored["step"] == 1 and torch.equal(restored["exp_avg_sq"], original["exp_avg_sq"])
+
+
+def test_an_optimizer_that_never_stepped_resumes_without_state(tmp_path: Path) -> None:
+    """A checkpoint before any update (every group's reward failed) holds no optimizer state, and resuming from it
+    must not invent one: Adam's first real step would then be its second (another bias correction)."""
+    transformer, optimizer = _model()
+    save_checkpoint(tmp_path, 1, transformer, optimizer, keep=1)
+    fresh, fresh_optimizer = _model()
+    assert load_checkpoint_optimizer(list_checkpoints(tmp_path)[-1], fresh, fresh_optimizer) == 1
+    assert fresh_optimizer.state_dict()["state"] == {}
 
 
 def test_only_the_newest_checkpoints_are_kept(tmp_path: Path) -> None:
