@@ -13,7 +13,7 @@ held-out colour change, the mean mask/clip fraction, the exact KL each batch's u
 (max_drawdown) and its change from step 20 to 100 (a run "collapses" if that change is negative, i.e. it ends
 below where it started).
 
-    python benchmarks/multi_epoch.py                 # 4 runs (2 algorithms x upb 2, 4, seed 0), one at a time
+    python benchmarks/multi_epoch.py                 # 4 runs (2 algorithms x upb 4, 2, seed 0), one at a time
     python benchmarks/multi_epoch.py --seeds 0 1 2   # more seeds; finished runs are reused
     python benchmarks/multi_epoch.py --table
 
@@ -194,7 +194,7 @@ def main() -> None:
     if missing_base:
         print(f"updates_per_batch=1 runs missing (run benchmarks/compare_algorithms.py first): {missing_base}")
     plan = {f"{a}/upb{u}/seed{s}": ([*VARIANTS[a], f"algorithm.updates_per_batch={u}"], s, run_dir(args.work_dir, args.compare_dir, a, u, s))
-            for s in args.seeds for u in UPDATES[1:] for a in ALGORITHMS}
+            for s in args.seeds for u in reversed(UPDATES[1:]) for a in ALGORITHMS}  # upb 4 first: the strongest test
     done = run_plan(plan, args.jobs, write)
     results = write(done)
     results["total_wall_seconds"] = round(time.perf_counter() - started, 1)
