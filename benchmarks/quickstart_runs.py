@@ -38,7 +38,7 @@ BASE_OVERRIDES = [
     "algorithm.beta=0.0",
     "optim.lr=3.0e-4",
     f"train.steps={STEPS}", "train.sample_every=50", "train.checkpoint_every=50",
-    "eval.suites=[eval/quickstart.yaml]", f"eval.every={PROBE_STEPS[1]}",
+    f"eval.suites=[{ROOT / 'benchmarks' / 'quickstart_probes_4img.yaml'}]", f"eval.every={PROBE_STEPS[1]}",
     (
         "rewards=[{name: toy_verifier, label: count, weight: 1.0, kwargs: {attribute: count}},"
         " {name: toy_verifier, label: shape, weight: 1.0, kwargs: {attribute: shape}},"
