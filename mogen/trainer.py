@@ -72,6 +72,7 @@ class MetricsLog:
         if path.exists() and accelerator.is_main_process:  # drop lines past the checkpoint we resume from: they will be written again
             lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
             path.write_text("".join(line + "\n" for line in lines))
+        accelerator.wait_for_everyone()  # the other processes read the file (`logged`) only once it is rewritten
 
     def logged(self) -> list[dict[str, float]]:
         """The metrics written so far (after a resume: up to the checkpoint's step)."""

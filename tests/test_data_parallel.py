@@ -65,14 +65,12 @@ def _launch_two_processes(recipe: Path) -> Path:
     return load_recipe(recipe).output_dir
 
 
-def _launch_fsdp(recipe: Path, *args: str) -> str:
-    """`accelerate launch --config_file recipes/accelerate/fsdp.yaml --num_processes 2` on CPU (gloo); returns stdout."""
+def _launch_fsdp(recipe: Path, *args: str) -> subprocess.CompletedProcess:
+    """`accelerate launch --config_file recipes/accelerate/fsdp.yaml --num_processes 2` on CPU processes (gloo)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
     command = [str(ACCELERATE), "launch", "--config_file", str(FSDP_CONFIG), "--num_processes", "2", str(FSDP_LAUNCHER),
                "align", "--recipe", str(recipe), *args]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
 def _assert_same_run(two: Path, one: Path, steps: int = 1, rtol: float = 1e-3, atol: float = 1e-5) -> None:
@@ -126,9 +124,10 @@ def fsdp_runs(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) ->
     """Two steps of one recipe under FSDP2 with 2 processes ("fsdp") and in 1 process ("one")."""
     tmp = tmp_path_factory.mktemp("fsdp")
     recipe = _recipe(tmp, tiny_model_dir, "fsdp", REWARDS)
-    stdout = _launch_fsdp(recipe, "--set", "train.steps=2")
+    result = _launch_fsdp(recipe, "--set", "train.steps=2")
+    assert result.returncode == 0, result.stderr[-3000:]
     for rank in (0, 1):  # accelerate really sharded the transformer: every parameter is a DTensor shard
-        shards, total = re.search(rf"rank {rank}: (\d+) of (\d+) transformer parameters are DTensor shards", stdout).groups()
+        shards, total = re.search(rf"rank {rank}: (\d+) of (\d+) transformer parameters are DTensor shards", result.stdout).groups()
         assert int(total) > 0 and shards == total
     one = align(load_recipe(_recipe(tmp, tiny_model_dir, "one", REWARDS), ["train.steps=2"]))
     return {"recipe": recipe, "fsdp": Path(load_recipe(recipe).output_dir), "one": Path(one)}
@@ -154,8 +153,9 @@ def test_fsdp2_resume_continues_the_run(fsdp_runs: dict[str, Path], tmp_path: Pa
     resumed = tmp_path / "resumed"
     shutil.copytree(straight, resumed, ignore=shutil.ignore_patterns("step-2", "step-2.png", "lora"))
     assert [p.name for p in (resumed / "checkpoints").iterdir()] == ["step-1"]
-    stdout = _launch_fsdp(fsdp_runs["recipe"], "--resume", "--set", "train.steps=2", "--set", f"output_dir={resumed}")
-    assert "resuming from" in stdout and "(step 1)" in stdout
+    result = _launch_fsdp(fsdp_runs["recipe"], "--resume", "--set", "train.steps=2", "--set", f"output_dir={resumed}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming from" in result.stdout and "(step 1)" in result.stdout
     _assert_same_run(resumed, straight, steps=2, rtol=rtol, atol=atol)  # without the optimizer state step 2 moves ~1e-4
     optim_straight = torch.load(straight / "checkpoints" / "step-2" / "optimizer.pt", weights_only=True)
     optim_resumed = torch.load(resumed / "checkpoints" / "step-2" / "optimizer.pt", weights_only=True)
@@ -183,3 +183,4 @@ def test_fsdp2_run_exports_a_lora_that_diffusers_loads(fsdp_runs: dict[str, Path
         exported = model.velocity(x, t, cond)
     assert (expected - base).abs().max() > 1e-4  # two steps did move the output
     torch.testing.assert_close(exported, expected, rtol=1e-4, atol=1e-6)
+
