@@ -22,11 +22,7 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_optimizer_state_dict,
-    set_optimizer_state_dict,
-)
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
 
 from mogen.lora import load_lora, save_lora
 

@@ -20,12 +20,7 @@ import torch
 import yaml
 from accelerate import PartialState
 from accelerate.utils import extract_model_from_parallel
-from diffusers import (
-    FluxPipeline,
-    FluxTransformer2DModel,
-    SD3Transformer2DModel,
-    StableDiffusion3Pipeline,
-)
+from diffusers import FluxPipeline, FluxTransformer2DModel, SD3Transformer2DModel, StableDiffusion3Pipeline
 from peft import LoraConfig as PeftLoraConfig
 from pydantic import ValidationError
 from safetensors.torch import load_file

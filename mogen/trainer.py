@@ -27,12 +27,7 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
-from mogen.checkpoint import (
-    list_checkpoints,
-    load_checkpoint_lora,
-    load_checkpoint_optimizer,
-    save_checkpoint,
-)
+from mogen.checkpoint import list_checkpoints, load_checkpoint_lora, load_checkpoint_optimizer, save_checkpoint
 from mogen.config import Recipe, recipe_to_yaml
 from mogen.distributed import check_launch, gather_samples, shard_of, sum_over_processes
 from mogen.evaluation.during_training import Probes

@@ -5,12 +5,7 @@ from pathlib import Path
 import torch
 from diffusers import SD3Transformer2DModel
 
-from mogen.checkpoint import (
-    list_checkpoints,
-    load_checkpoint_lora,
-    load_checkpoint_optimizer,
-    save_checkpoint,
-)
+from mogen.checkpoint import list_checkpoints, load_checkpoint_lora, load_checkpoint_optimizer, save_checkpoint
 from mogen.config import LoraConfig
 from mogen.lora import attach_lora, lora_state_dict
 
