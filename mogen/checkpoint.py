@@ -78,6 +78,8 @@ def load_checkpoint_lora(path: Path, transformer: torch.nn.Module) -> None:
 def load_checkpoint_optimizer(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
     """Restore the optimizer state into the prepared optimizer (each process keeps its shard); returns the step."""
     state = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
-    if state:
+    if state and all(isinstance(key, int) for key in state["state"]):  # optimizer.state_dict(): written before FSDP support
+        optimizer.load_state_dict(state)
+    elif state:
         set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
     return json.loads((path / "state.json").read_text())["step"]

@@ -55,3 +55,18 @@ def test_only_the_newest_checkpoints_are_kept(tmp_path: Path) -> None:
     for step in (1, 2, 3):
         save_checkpoint(tmp_path, step, transformer, optimizer, keep=2)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-2", "step-3"]
+
+
+def test_a_checkpoint_written_before_fsdp_support_still_resumes(tmp_path: Path) -> None:
+    """Earlier checkpoints hold optimizer.state_dict() (parameters numbered, not named): they load as they are."""
+    transformer, optimizer = _model()
+    for p in optimizer.param_groups[0]["params"]:
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    save_checkpoint(tmp_path, 1, transformer, optimizer, keep=1)
+    (path,) = list_checkpoints(tmp_path)
+    torch.save(optimizer.state_dict(), path / "optimizer.pt")  # the earlier format
+    fresh, fresh_optimizer = _model()
+    assert load_checkpoint_optimizer(path, fresh, fresh_optimizer) == 1
+    for restored, original in zip(fresh_optimizer.state_dict()["state"].values(), optimizer.state_dict()["state"].values()):
+        assert torch.equal(restored["exp_avg"], original["exp_avg"])
