@@ -272,9 +272,9 @@ def activations_per_sample(spec: ModelSpec, coefficients: dict, resolution: int)
 CONTEXT_ALLOWANCE = 2 * GIB  # CUDA context, cuBLAS workspaces, allocator fragmentation: a fixed allowance
 ENGINES = {  # name -> (accelerate config, processes, what is sharded)
     "ddp": ("single_gpu.yaml / ddp_bf16.yaml", 1, "nothing"),
-    "zero2_x8": ("DeepSpeed ZeRO-2 (not supported by mogen align yet)", 8, "LoRA grads + optimizer"),
-    "fsdp_x8": ("FSDP2 / ZeRO-3 (not supported by mogen align yet)", 8, "weights + LoRA grads + optimizer"),
-    "fsdp_offload_x2": ("FSDP2 + CPU offload (not supported by mogen align yet)", 2, "weights on CPU"),
+    "zero2_x8": ("DeepSpeed ZeRO-2 (refused by mogen align)", 8, "LoRA grads + optimizer"),
+    "fsdp_x8": ("fsdp.yaml (FSDP2; ZeRO-3 is refused)", 8, "weights + LoRA grads + optimizer"),
+    "fsdp_offload_x2": ("fsdp.yaml with fsdp_offload_params: true (untested)", 2, "weights on CPU"),
 }
 FORMULAS = {
     "weights": "transformer (params + buffers) x 2 bytes (bf16)",
@@ -352,7 +352,7 @@ def markdown(counts: dict, rows: list[dict]) -> str:
         "(SD3.5 counts its CFG pair as one sample); text encoders offloaded (model.offload: true); 'ckpt' = model.gradient_checkpointing.",
         "",
         "| model | weights bf16 | LoRA r32 (params) | act./sample 512 px (no ckpt / ckpt) | act./sample 1024 px | card | res "
-        "| 1 GPU / DDP | ZeRO-2 x8 | FSDP2 or ZeRO-3 x8 | FSDP2 offload x2 |",
+        "| 1 GPU / DDP | ZeRO-2 x8 (refused) | FSDP2 x8 | FSDP2 offload x2 (untested) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     index = {row_key(r): r for r in rows}
