@@ -39,6 +39,7 @@ from quickstart_runs import (
     finished,
     first_reach,
     machine,
+    mean_std,
     run_plan,
     training_curves,
 )
@@ -137,26 +138,22 @@ def reach(run_dir: Path, target: float) -> dict:
 
 
 def aggregate(runs: dict[int, dict]) -> dict:
-    """Mean and std (ddof 1 when there are 2+ seeds) over seeds of the headline numbers."""
-    def stat(values: list[float]) -> dict:
-        arr = np.asarray(values, dtype=float)
-        return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else None, "n": len(arr)}
-
+    """Mean and std over seeds of the headline numbers."""
     last = str(PROBE_STEPS[-1])
-    out = {f"step{at}/{k}": stat([r["probes"][str(at)][k] for r in runs.values()]) for at in PROBE_STEPS for k in r_keys()}
-    out["trained_mean_gain"] = stat([r["trained_mean_gain"] for r in runs.values()])
-    out["final_kl_ref"] = stat([r["final_kl_ref"] for r in runs.values()])
-    out["mean_mask_or_clip_fraction"] = stat([r["mean_mask_or_clip_fraction"] for r in runs.values()])
-    out["seconds_per_step"] = stat([r["seconds_per_step"]["total"] for r in runs.values()])
+    out = {f"step{at}/{k}": mean_std([r["probes"][str(at)][k] for r in runs.values()]) for at in PROBE_STEPS for k in r_keys()}
+    out["trained_mean_gain"] = mean_std([r["trained_mean_gain"] for r in runs.values()])
+    out["final_kl_ref"] = mean_std([r["final_kl_ref"] for r in runs.values()])
+    out["mean_mask_or_clip_fraction"] = mean_std([r["mean_mask_or_clip_fraction"] for r in runs.values()])
+    out["seconds_per_step"] = mean_std([r["seconds_per_step"]["total"] for r in runs.values()])
     for key in ("heldout/color", "heldout/overall"):
-        out[f"{key.replace('/', '_')}_change"] = stat([r["probes"][last][key] - r["probes"]["0"][key] for r in runs.values()])
+        out[f"{key.replace('/', '_')}_change"] = mean_std([r["probes"][last][key] - r["probes"]["0"][key] for r in runs.values()])
     if all("reach" in r for r in runs.values()):
         reached = [r["reach"] for r in runs.values() if r["reach"]["steps_to_reach"] is not None]
-        out["smoothed_reward_end"] = stat([r["reach"]["smoothed_reward_end"] for r in runs.values()])
-        out["kl_ref_end"] = stat([r["reach"]["kl_ref_end"] for r in runs.values()])
+        out["smoothed_reward_end"] = mean_std([r["reach"]["smoothed_reward_end"] for r in runs.values()])
+        out["kl_ref_end"] = mean_std([r["reach"]["kl_ref_end"] for r in runs.values()])
         out["reached"] = f"{len(reached)}/{len(runs)}"
-        out["steps_to_reach"] = stat([r["steps_to_reach"] for r in reached]) if reached else None
-        out["kl_ref_at_reach"] = stat([r["kl_ref_at_reach"] for r in reached]) if reached else None
+        out["steps_to_reach"] = mean_std([r["steps_to_reach"] for r in reached]) if reached else None
+        out["kl_ref_at_reach"] = mean_std([r["kl_ref_at_reach"] for r in reached]) if reached else None
     return out
 
 

@@ -43,6 +43,7 @@ from quickstart_runs import (
     WINDOW,
     finished,
     machine,
+    mean_std,
     run_plan,
     training_curves,
 )
@@ -113,8 +114,7 @@ def collect(work_dir: Path, compare_dir: Path, seeds: list[int], done: dict, job
                         "kl_old_new_median", "max_drawdown", "change_20_to_100", "seconds_per_step")
                 results["summary"][f"{algorithm}/upb{updates}"] = {
                     "seeds": [r["seed"] for r in runs],
-                    **{k: {"mean": float(np.mean([r[k] for r in runs])),
-                           "std": float(np.std([r[k] for r in runs], ddof=1)) if len(runs) > 1 else None} for k in keys},
+                    **{k: mean_std([r[k] for r in runs]) for k in keys},
                     "collapsed": sum(r["change_20_to_100"] < 0 for r in runs),
                 }
     return results

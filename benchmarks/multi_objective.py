@@ -15,8 +15,8 @@ Normalised gain of objective k = (probe_k at step 100 - probe_k at step 0) / sd_
 deviation of objective k over the base model's 96 probe images: a gain of 1 moves the mean by one base-model
 spread, whatever the objective's unit. The worst objective's normalised gain is the balance number.
 
-    python benchmarks/multi_objective.py             # 6 runs (3 weightings x 2 algorithms, seed 0), one at a time
-    python benchmarks/multi_objective.py --seeds 0 1 # more seeds; finished runs are reused
+    python benchmarks/multi_objective.py                          # 6 runs (3 weightings x 2 algorithms, seed 0)
+    python benchmarks/multi_objective.py --seeds 0 1 2 --jobs 2   # the committed results: 18 runs, two at a time
     python benchmarks/multi_objective.py --table     # print the results as markdown
 
 Measured: 6 runs in 35 min (342-355 s each, one thread, load average ~5); about 3.5 min per run on a free core.
@@ -43,6 +43,7 @@ from quickstart_runs import (
     WINDOW,
     finished,
     machine,
+    mean_std,
     run_plan,
     training_curves,
 )
@@ -133,51 +134,64 @@ def collect(work_dir: Path, seeds: list[int], done: dict, spread: dict, jobs: in
                 results["runs"][name] = {"algorithm": algorithm, "weighting": weighting, "seed": seed,
                                          "overrides": run_overrides(algorithm, weighting), **summarize(work_dir / name, spread),
                                          "wall_seconds": info[0], "git_commit": info[1]}
-    results["per_algorithm"] = {}
+    results["per_setting"] = {}  # algorithm/weighting -> mean +- std over its seeds
     for algorithm in ALGORITHMS:
-        runs = [r for r in results["runs"].values() if r["algorithm"] == algorithm]
-        if runs:
-            results["per_algorithm"][algorithm] = {
-                "runs": len(runs),
-                "worst_gain_mean": float(np.mean([r["worst_gain"] for r in runs])),
-                "mean_gain_per_objective": {k: float(np.mean([r["normalised_gain"][k] for r in runs])) for k in OBJECTIVES},
-                "heldout_color_change_mean": float(np.mean([r["heldout_color_change"] for r in runs])),
-            }
+        for weighting in WEIGHTINGS:
+            runs = [r for r in results["runs"].values() if r["algorithm"] == algorithm and r["weighting"] == weighting]
+            if runs:
+                results["per_setting"][f"{algorithm}/{weighting}"] = {
+                    "algorithm": algorithm, "weighting": weighting, "seeds": [r["seed"] for r in runs],
+                    "normalised_gain": {k: mean_std([r["normalised_gain"][k] for r in runs]) for k in OBJECTIVES},
+                    "worst_gain": mean_std([r["worst_gain"] for r in runs]),
+                    "heldout_color_change": mean_std([r["heldout_color_change"] for r in runs]),
+                    "kl_base_end": mean_std([r["probes"][str(PROBE_STEPS[-1])]["kl_base/kl"] for r in runs]),
+                }
     return results
 
 
 def plot(results: dict, path: Path) -> None:
+    """Left: Pareto view, one point per (algorithm, weighting) = mean over seeds (bars: std), seeds as small dots.
+    Right: per-objective mean gains per setting, the black line its mean worst gain."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def verifier_gain(gains: dict) -> float:
+        return float(np.mean([gains["count"], gains["position"]]))
+
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     markers = {"dppo": "o", "grpo_clip1e-4": "s"}
+    settings = results["per_setting"]
     for i, algorithm in enumerate(ALGORITHMS):
+        mine = [v for v in settings.values() if v["algorithm"] == algorithm]
         runs = [r for r in results["runs"].values() if r["algorithm"] == algorithm]
-        runs.sort(key=lambda r: list(WEIGHTINGS).index(r["weighting"]))
-        xs = [np.mean([r["normalised_gain"]["count"], r["normalised_gain"]["position"]]) for r in runs]
-        ys = [r["normalised_gain"]["compressibility"] for r in runs]
-        left.plot(xs, ys, "-", marker=markers[algorithm], color=f"C{i}", ms=9, label=algorithm)
-        for r, x, y in zip(runs, xs, ys):
-            left.annotate(f"{r['weighting']} s{r['seed']}", (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        left.scatter([verifier_gain(r["normalised_gain"]) for r in runs], [r["normalised_gain"]["compressibility"] for r in runs],
+                     color=f"C{i}", marker=markers[algorithm], s=12, alpha=0.4)
+        xs = [np.mean([verifier_gain(r["normalised_gain"]) for r in runs if r["weighting"] == v["weighting"]]) for v in mine]
+        ys = [v["normalised_gain"]["compressibility"]["mean"] for v in mine]
+        yerr = [v["normalised_gain"]["compressibility"]["std"] or 0.0 for v in mine]
+        left.errorbar(xs, ys, yerr=yerr, fmt="-", marker=markers[algorithm], color=f"C{i}", ms=9, capsize=3,
+                      label=f"{algorithm} (mean over seeds)")
+        for v, x, y in zip(mine, xs, ys):
+            left.annotate(v["weighting"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
     left.scatter([0], [0], color="black", marker="x", label="base model")
     left.axhline(0, color="grey", lw=0.5)
     left.axvline(0, color="grey", lw=0.5)
     left.set(xlabel="verifier gain: mean of count and position (base-sd units)", ylabel="compressibility gain (base-sd units)",
-             title="Pareto view: each point one run, lines join a method's weightings")
+             title="Pareto view: a method's weightings joined; small dots = single seeds")
     left.legend(fontsize=8)
-    names = list(results["runs"])
+    names = list(settings)
     width = 0.8 / len(OBJECTIVES)
     for j, objective in enumerate(OBJECTIVES):
-        right.bar(np.arange(len(names)) + (j - 1) * width, [results["runs"][n]["normalised_gain"][objective] for n in names],
-                  width, label=objective, color=f"C{j + 2}")
-    right.hlines([results["runs"][n]["worst_gain"] for n in names], np.arange(len(names)) - 0.45, np.arange(len(names)) + 0.45,
-                 color="black", lw=2, zorder=3, label="worst objective")
-    right.set_xticks(np.arange(len(names)), [n.replace("/seed", "\nseed").replace("/", "\n") for n in names], fontsize=7)
+        right.bar(np.arange(len(names)) + (j - 1) * width, [settings[n]["normalised_gain"][objective]["mean"] for n in names], width,
+                  yerr=[settings[n]["normalised_gain"][objective]["std"] or 0.0 for n in names], capsize=2, label=objective,
+                  color=f"C{j + 2}")
+    right.hlines([settings[n]["worst_gain"]["mean"] for n in names], np.arange(len(names)) - 0.45, np.arange(len(names)) + 0.45,
+                 color="black", lw=2, zorder=3, label="worst objective (mean)")
+    right.set_xticks(np.arange(len(names)), [n.replace("/", "\n") for n in names], fontsize=7, rotation=15)
     right.axhline(0, color="grey", lw=0.5)
-    right.set(ylabel="normalised gain (step 100 - step 0) / base sd", title="Per-objective gains; black line = worst objective")
+    right.set(ylabel="normalised gain (step 100 - step 0) / base sd", title="Per-objective gains, mean ± std over seeds")
     right.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -195,10 +209,15 @@ def table(results: dict) -> str:
         lines.append(f"| {r['algorithm']} | {r['weighting']} ({weights}) s{r['seed']} | {deltas[0]:+.3f} | {deltas[1]:+.3f} | {deltas[2]:+.3f} "
                      f"| {gains} | {r['worst_gain']:+.2f} ({r['worst_objective']}) | {r['heldout_color_change']:+.3f} "
                      f"| {p1['kl_base/kl']:.4f} | {r['mean_mask_or_clip_fraction']:.4f} |")
-    lines += ["", "| algorithm | runs | mean worst gain | mean gain count / position / compress | mean Δ held-out colour |", "|---|---|---|---|---|"]
-    for algorithm, a in results["per_algorithm"].items():
-        gains = " / ".join(f"{a['mean_gain_per_objective'][k]:+.2f}" for k in OBJECTIVES)
-        lines.append(f"| {algorithm} | {a['runs']} | {a['worst_gain_mean']:+.2f} | {gains} | {a['heldout_color_change_mean']:+.3f} |")
+    def cell(stat: dict, fmt: str = "+.2f") -> str:
+        return format(stat["mean"], fmt) + (f" ± {format(stat['std'], fmt.lstrip('+'))}" if stat["std"] is not None else "")
+
+    lines += ["", "| algorithm | weighting | seeds | count | position | compress | worst | Δ held-out colour | KL to base |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for v in results["per_setting"].values():
+        gains = " | ".join(cell(v["normalised_gain"][k]) for k in OBJECTIVES)
+        lines.append(f"| {v['algorithm']} | {v['weighting']} | {','.join(map(str, v['seeds']))} | {gains} | {cell(v['worst_gain'])} "
+                     f"| {cell(v['heldout_color_change'], '+.3f')} | {cell(v['kl_base_end'], '.4f')} |")
     return "\n".join(lines)
 
 

@@ -123,6 +123,12 @@ def finished(run_dir: Path, steps: int = STEPS) -> bool:
 WINDOW = 20
 
 
+def mean_std(values: list[float]) -> dict:
+    """Mean and std over seeds (ddof 1; None for a single seed, whose spread is unknown)."""
+    arr = np.asarray(values, dtype=float)
+    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else None, "n": len(arr)}
+
+
 def trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
     """m[i] = mean(values[i-window+1 : i+1]); NaN for i < window-1 (fewer than `window` values so far)."""
     values = np.asarray(values, dtype=float)
