@@ -43,6 +43,7 @@ from quickstart_runs import (
     ROOT,
     WINDOW,
     finished,
+    format_mean_std,
     machine,
     mean_std,
     run_plan,
@@ -152,19 +153,18 @@ def plot(results: dict, path: Path) -> None:
 
 
 def table(results: dict) -> str:
-    def cell(stat: dict, fmt: str) -> str:
-        return format(stat["mean"], fmt) + (f" ± {format(stat['std'], fmt.lstrip('+'))}" if stat["std"] is not None else "")
-
     lines = [("| algorithm | upb | seeds | gain | KL to base (probe) | kl/ref end (1e-3) | Δ held-out colour | mask or clip | KL moved per batch "
              "| max drawdown | smoothed 20→100 | collapsed | s/step |"), "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, sm in results["summary"].items():
         algorithm, updates = name.split("/upb")
-        kl_ref = {**sm["kl_ref_end"], "mean": 1e3 * sm["kl_ref_end"]["mean"],
-                  "std": None if sm["kl_ref_end"]["std"] is None else 1e3 * sm["kl_ref_end"]["std"]}
-        lines.append(f"| {algorithm} | {updates} | {','.join(map(str, sm['seeds']))} | {cell(sm['trained_mean_gain'], '+.3f')} "
-                     f"| {cell(sm['kl_base_probe_end'], '.4f')} | {cell(kl_ref, '.2f')} | {cell(sm['heldout_color_change'], '+.3f')} "
-                     f"| {cell(sm['mask_or_clip_fraction'], '.4f')} | {cell(sm['kl_old_new_median'], '.1e')} | {cell(sm['max_drawdown'], '.3f')} "
-                     f"| {cell(sm['change_20_to_100'], '+.3f')} | {sm['collapsed']}/{len(sm['seeds'])} | {cell(sm['seconds_per_step'], '.2f')} |")
+        kl_ref = sm["kl_ref_end"]  # shown in units of 1e-3
+        milli = {**kl_ref, "mean": 1e3 * kl_ref["mean"], "std": None if kl_ref["std"] is None else 1e3 * kl_ref["std"]}
+        stats = {**sm, "kl_ref_end": milli}
+        cells = [format_mean_std(stats[k], fmt) for k, fmt in (
+            ("trained_mean_gain", "+.3f"), ("kl_base_probe_end", ".4f"), ("kl_ref_end", ".2f"), ("heldout_color_change", "+.3f"),
+            ("mask_or_clip_fraction", ".4f"), ("kl_old_new_median", ".1e"), ("max_drawdown", ".3f"), ("change_20_to_100", "+.3f"))]
+        lines.append(f"| {algorithm} | {updates} | {','.join(map(str, sm['seeds']))} | " + " | ".join(cells)
+                     + f" | {sm['collapsed']}/{len(sm['seeds'])} | {format_mean_std(sm['seconds_per_step'], '.2f')} |")
     return "\n".join(lines)
 
 

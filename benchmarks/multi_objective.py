@@ -43,6 +43,7 @@ from quickstart_runs import (
     ROOT,
     WINDOW,
     finished,
+    format_mean_std,
     machine,
     mean_std,
     run_plan,
@@ -169,7 +170,7 @@ def plot(results: dict, path: Path) -> None:
         runs = [r for r in results["runs"].values() if r["algorithm"] == algorithm]
         left.scatter([verifier_gain(r["normalised_gain"]) for r in runs], [r["normalised_gain"]["compressibility"] for r in runs],
                      color=f"C{i}", marker=markers[algorithm], s=12, alpha=0.4)
-        xs = [np.mean([verifier_gain(r["normalised_gain"]) for r in runs if r["weighting"] == v["weighting"]]) for v in mine]
+        xs = [verifier_gain({k: v["normalised_gain"][k]["mean"] for k in OBJECTIVES}) for v in mine]  # linear: = mean over seeds
         ys = [v["normalised_gain"]["compressibility"]["mean"] for v in mine]
         yerr = [v["normalised_gain"]["compressibility"]["std"] or 0.0 for v in mine]
         left.errorbar(xs, ys, yerr=yerr, fmt="-", marker=markers[algorithm], color=f"C{i}", ms=9, capsize=3,
@@ -210,15 +211,12 @@ def table(results: dict) -> str:
         lines.append(f"| {r['algorithm']} | {r['weighting']} ({weights}) s{r['seed']} | {deltas[0]:+.3f} | {deltas[1]:+.3f} | {deltas[2]:+.3f} "
                      f"| {gains} | {r['worst_gain']:+.2f} ({r['worst_objective']}) | {r['heldout_color_change']:+.3f} "
                      f"| {p1['kl_base/kl']:.4f} | {r['mean_mask_or_clip_fraction']:.4f} |")
-    def cell(stat: dict, fmt: str = "+.2f") -> str:
-        return format(stat["mean"], fmt) + (f" ± {format(stat['std'], fmt.lstrip('+'))}" if stat["std"] is not None else "")
-
     lines += ["", "| algorithm | weighting | seeds | count | position | compress | worst | Δ held-out colour | KL to base |",
               "|---|---|---|---|---|---|---|---|---|"]
     for v in results["per_setting"].values():
-        gains = " | ".join(cell(v["normalised_gain"][k]) for k in OBJECTIVES)
-        lines.append(f"| {v['algorithm']} | {v['weighting']} | {','.join(map(str, v['seeds']))} | {gains} | {cell(v['worst_gain'])} "
-                     f"| {cell(v['heldout_color_change'], '+.3f')} | {cell(v['kl_base_end'], '.4f')} |")
+        cells = [format_mean_std(v["normalised_gain"][k], "+.2f") for k in OBJECTIVES] + [format_mean_std(v["worst_gain"], "+.2f"),
+                 format_mean_std(v["heldout_color_change"], "+.3f"), format_mean_std(v["kl_base_end"], ".4f")]
+        lines.append(f"| {v['algorithm']} | {v['weighting']} | {','.join(map(str, v['seeds']))} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

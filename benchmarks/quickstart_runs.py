@@ -129,6 +129,11 @@ def mean_std(values: list[float]) -> dict:
     return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else None, "n": len(arr)}
 
 
+def format_mean_std(stat: dict, fmt: str) -> str:
+    """A mean_std() result as "mean ± std" in `fmt` (the std unsigned), or the mean alone for one seed."""
+    return format(stat["mean"], fmt) + (f" ± {format(stat['std'], fmt.lstrip('+'))}" if stat["std"] is not None else "")
+
+
 def trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
     """m[i] = mean(values[i-window+1 : i+1]); NaN for i < window-1 (fewer than `window` values so far)."""
     values = np.asarray(values, dtype=float)
