@@ -45,9 +45,9 @@ from typing_extensions import Self
 from mogen.config import load_recipe
 from mogen.evaluation.runs import load_metrics
 from mogen.lora import attach_lora
+from mogen.models.contract import index_cond
 from mogen.models.loading import load_policy
 from mogen.prompts import PromptSource
-from mogen.rollout import index_cond
 from mogen.sampling import ode_step, timesteps
 from mogen.trainer import align
 
