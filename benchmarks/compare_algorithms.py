@@ -7,10 +7,10 @@ run's metrics.jsonl we keep the probes at 0/50/100, the final KL to base, the me
 (GRPO) fraction and the seconds per step; the JSON holds every run and the mean +- std over seeds per variant,
 and the PNG plots the trained mean over steps and the trained gain against KL to base.
 
-    python benchmarks/compare_algorithms.py            # all 18 runs: ~35 min with --jobs 2 on 2 free cores
+    python -m benchmarks.compare_algorithms            # all 18 runs: ~35 min with --jobs 2 on 2 free cores
                                                        # (measured: 190-270 s per run on one thread, --jobs 1, load 4-5)
-    python benchmarks/compare_algorithms.py --quick    # seed 0 of dppo and grpo only
-    python benchmarks/compare_algorithms.py --only dppo_cps --seeds 0 1 2   # finished runs are reused
+    python -m benchmarks.compare_algorithms --quick    # seed 0 of dppo and grpo only
+    python -m benchmarks.compare_algorithms --only dppo_cps --seeds 0 1 2   # finished runs are reused
 
 (Run it as a script: in a venv with fairscale installed, `python -m benchmarks...` imports fairscale's own
 top-level `benchmarks` package instead of this folder.)
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from quickstart_runs import (
+from benchmarks.quickstart_runs import (
     PROBE_STEPS,
     RECIPE,
     ROOT,
@@ -42,6 +42,7 @@ from quickstart_runs import (
     mean_std,
     run_plan,
     training_curves,
+    write_results,
 )
 
 from mogen.evaluation.runs import load_metrics
@@ -236,8 +237,7 @@ def collect(work_dir: Path, done: dict[str, tuple[float, str]], jobs: int) -> di
 
 
 def write(results: dict) -> None:
-    OUT_JSON.parent.mkdir(parents=True, exist_ok=True)
-    OUT_JSON.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(OUT_JSON, results)
     plot(results, OUT_PNG)
 
 

@@ -4,7 +4,7 @@ Runs on the shipped tiny model (builtin:tiny) when its weights are installed, el
 tiny model of the default size (recorded in the JSON as "model"). Each suite is run once to warm up, then
 timed probe by probe (as the aligned model: LoRA rank 32 attached, so the KL probe does its extra forward).
 
-    python benchmarks/eval_probes.py       # writes benchmarks/results/eval_probes.json
+    python -m benchmarks.eval_probes       # writes benchmarks/results/eval_probes.json
 """
 
 from __future__ import annotations

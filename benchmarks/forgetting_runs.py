@@ -7,7 +7,7 @@ base on the same seeds; the JSON keeps every metric's base, aligned, delta and 9
 gains and final KL to base. The runs also ask for toy_quick probes every 10 steps (logged once the trainer
 runs eval suites).
 
-    python benchmarks/forgetting_runs.py --base builtin:tiny      # writes benchmarks/results/forgetting_runs.json
+    python -m benchmarks.forgetting_runs --base builtin:tiny      # writes benchmarks/results/forgetting_runs.json
 """
 
 from __future__ import annotations

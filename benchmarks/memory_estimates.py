@@ -16,7 +16,7 @@ Nothing here runs on a GPU (this machine has none). Every number comes from thre
    states, gradient checkpointing (block inputs + one block recomputed), sharding over N processes,
    text-encoder offload, a fixed allowance for the CUDA context and allocator.
 
-    python benchmarks/memory_estimates.py            # writes benchmarks/results/memory_estimates.json, prints tables
+    python -m benchmarks.memory_estimates            # writes benchmarks/results/memory_estimates.json, prints tables
 """
 
 from __future__ import annotations

@@ -13,9 +13,9 @@ held-out colour change, the mean mask/clip fraction, the exact KL each batch's u
 (max_drawdown) and its change from step 20 to 100 (a run "collapses" if that change is negative, i.e. it ends
 below where it started).
 
-    python benchmarks/multi_epoch.py                 # 4 runs (2 algorithms x upb 4, 2, seed 0), one at a time
-    python benchmarks/multi_epoch.py --seeds 0 1 2   # more seeds; finished runs are reused
-    python benchmarks/multi_epoch.py --table
+    python -m benchmarks.multi_epoch                 # 4 runs (2 algorithms x upb 4, 2, seed 0), one at a time
+    python -m benchmarks.multi_epoch --seeds 0 1 2   # more seeds; finished runs are reused
+    python -m benchmarks.multi_epoch --table
 
 Measured: 12 runs (upb 2 and 4, seeds 0, 1, 2) in 33 min with --jobs 2 on an otherwise idle 2-core machine; seed 0
 repeated bit for bit the numbers of an earlier invocation.
@@ -34,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from compare_algorithms import OUT_JSON as COMPARE_JSON
-from compare_algorithms import VARIANTS, summarize
-from quickstart_runs import (
+from benchmarks.compare_algorithms import OUT_JSON as COMPARE_JSON
+from benchmarks.compare_algorithms import VARIANTS, summarize
+from benchmarks.quickstart_runs import (
     BASE_OVERRIDES,
     PROBE_STEPS,
     RECIPE,
@@ -48,6 +48,7 @@ from quickstart_runs import (
     mean_std,
     run_plan,
     training_curves,
+    write_results,
 )
 
 OUT_JSON = ROOT / "benchmarks" / "results" / "multi_epoch.json"
@@ -185,21 +186,20 @@ def main() -> None:
 
     def write(done: dict) -> dict:
         results = collect(args.work_dir, args.compare_dir, seeds_read, done, args.jobs)
-        OUT_JSON.parent.mkdir(parents=True, exist_ok=True)
-        OUT_JSON.write_text(json.dumps(results, indent=2) + "\n")
+        write_results(OUT_JSON, results)
         if results["runs"]:
             plot(results, OUT_PNG)
         return results
 
     missing_base = [f"{a}/seed{s}" for a in ALGORITHMS for s in args.seeds if not finished(run_dir(args.work_dir, args.compare_dir, a, 1, s))]
     if missing_base:
-        print(f"updates_per_batch=1 runs missing (run benchmarks/compare_algorithms.py first): {missing_base}")
+        print(f"updates_per_batch=1 runs missing (run python -m benchmarks.compare_algorithms first): {missing_base}")
     plan = {f"{a}/upb{u}/seed{s}": ([*VARIANTS[a], f"algorithm.updates_per_batch={u}"], s, run_dir(args.work_dir, args.compare_dir, a, u, s))
             for s in args.seeds for u in reversed(UPDATES[1:]) for a in ALGORITHMS}  # upb 4 first: the strongest test
     done = run_plan(plan, args.jobs, write)
     results = write(done)
     results["total_wall_seconds"] = round(time.perf_counter() - started, 1)
-    OUT_JSON.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(OUT_JSON, results)
     print(table(results))
     print(f"wrote {OUT_JSON} and {OUT_PNG}")
 

@@ -15,9 +15,9 @@ Normalised gain of objective k = (probe_k at step 100 - probe_k at step 0) / sd_
 deviation of objective k over the base model's 96 probe images: a gain of 1 moves the mean by one base-model
 spread, whatever the objective's unit. The worst objective's normalised gain is the balance number.
 
-    python benchmarks/multi_objective.py                          # 6 runs (3 weightings x 2 algorithms, seed 0)
-    python benchmarks/multi_objective.py --seeds 0 1 2 --jobs 2   # the committed results: 18 runs, two at a time
-    python benchmarks/multi_objective.py --table     # print the results as markdown
+    python -m benchmarks.multi_objective                          # 6 runs (3 weightings x 2 algorithms, seed 0)
+    python -m benchmarks.multi_objective --seeds 0 1 2 --jobs 2   # the committed results: 18 runs, two at a time
+    python -m benchmarks.multi_objective --table     # print the results as markdown
 
 Measured: 18 runs (seeds 0, 1, 2) in 31 min with --jobs 2 on an otherwise idle 2-core machine; seed 0's runs
 repeated bit for bit the numbers of an earlier invocation.
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from quickstart_runs import (
+from benchmarks.quickstart_runs import (
     BASE_OVERRIDES,
     PROBE_STEPS,
     RECIPE,
@@ -48,6 +48,7 @@ from quickstart_runs import (
     mean_std,
     run_plan,
     training_curves,
+    write_results,
 )
 
 from mogen.evaluation.runs import load_metrics
@@ -236,8 +237,7 @@ def main() -> None:
 
     def write(done: dict) -> dict:
         results = collect(args.work_dir, args.seeds, done, spread, args.jobs)
-        OUT_JSON.parent.mkdir(parents=True, exist_ok=True)
-        OUT_JSON.write_text(json.dumps(results, indent=2) + "\n")
+        write_results(OUT_JSON, results)
         if results["runs"]:
             plot(results, OUT_PNG)
         return results
@@ -247,7 +247,7 @@ def main() -> None:
     done = run_plan(plan, args.jobs, write)
     results = write(done)
     results["total_wall_seconds"] = round(time.perf_counter() - started, 1)
-    OUT_JSON.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(OUT_JSON, results)
     print(table(results))
     print(f"wrote {OUT_JSON} and {OUT_PNG}")
 

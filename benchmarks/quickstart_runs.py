@@ -5,11 +5,12 @@ with BASE_OVERRIDES first and its own overrides after. The base pins every field
 probes every 50, the sampler, batch, LoRA, lr, delta, rewards), so the committed results stay those of the
 recipe as it was when they were measured, whatever the quickstart later becomes.
 
-Not a benchmark itself: the others import it (they run as scripts, so `benchmarks/` is on sys.path).
+Not a benchmark itself: the others import it (`from benchmarks.quickstart_runs import ...`).
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import platform
@@ -103,6 +104,13 @@ def machine(parallel_runs: int) -> dict:
             "torch": torch.__version__, "diffusers": diffusers.__version__, "mogen_source": str(Path(mogen.__file__).parent),
             "git_commit_at_write": code_commit(), "torch_threads_per_run": 1, "parallel_runs": parallel_runs,
             "load_average_at_write": [round(x, 2) for x in os.getloadavg()]}
+
+
+def write_results(path: Path, results: dict) -> None:
+    """Write a benchmark's results as JSON with every path inside the repository written relative to its root
+    (the overrides name suites by absolute path at run time; the committed file must not name this machine)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text((json.dumps(results, indent=2) + "\n").replace(f"{ROOT}/", ""))
 
 
 def finished(run_dir: Path, steps: int = STEPS) -> bool:

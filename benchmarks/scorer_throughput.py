@@ -6,8 +6,8 @@ checkpoint. No real HPS/CLIP/ImageReward weights exist here, so model-backed sco
 weights: tiny configs (overhead only), open_clip ViT-B-32 for the HPSv2 comparison, and ImageReward's
 real architecture (BLIP ViT-L/16 + 12-layer BERT) for a realistic per-image cost.
 
-    python benchmarks/scorer_throughput.py          # writes benchmarks/results/scorer_throughput.json
-    python benchmarks/scorer_throughput.py --full   # adds ViT-L-14 clipscore/aesthetic and ViT-H-14 HPSv2
+    python -m benchmarks.scorer_throughput          # writes benchmarks/results/scorer_throughput.json
+    python -m benchmarks.scorer_throughput --full   # adds ViT-L-14 clipscore/aesthetic and ViT-H-14 HPSv2
 """
 
 from __future__ import annotations

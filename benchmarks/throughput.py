@@ -17,8 +17,8 @@
 tiny_speed.py measures the raw model (rollout and LoRA forward+backward outside the trainer); this measures the
 trainer against that kind of floor.
 
-    python benchmarks/throughput.py             # measured: 61 s on an idle machine, 101 s at load 5
-    python benchmarks/throughput.py --steps 20  # longer trainer runs, steadier medians
+    python -m benchmarks.throughput             # measured: 61 s on an idle machine, 101 s at load 5
+    python -m benchmarks.throughput --steps 20  # longer trainer runs, steadier medians
 """
 
 from __future__ import annotations
@@ -39,15 +39,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from quickstart_runs import BASE_OVERRIDES, RECIPE, ROOT, machine
 from typing_extensions import Self
 
+from benchmarks.quickstart_runs import BASE_OVERRIDES, RECIPE, ROOT, machine, write_results
 from mogen.config import load_recipe
 from mogen.evaluation.runs import load_metrics
 from mogen.lora import attach_lora
+from mogen.models.contract import index_cond
 from mogen.models.loading import load_policy
 from mogen.prompts import PromptSource
-from mogen.rollout import index_cond
 from mogen.sampling import ode_step, timesteps
 from mogen.trainer import align
 
@@ -286,8 +286,7 @@ def main() -> None:
         ],
     }
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
-    OUT_JSON.parent.mkdir(parents=True, exist_ok=True)
-    OUT_JSON.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(OUT_JSON, results)
     plot(results, OUT_PNG)
     print(json.dumps({k: v for k, v in results.items() if k not in ("base_overrides",)}, indent=2)[:5000])
     print(f"wrote {OUT_JSON} and {OUT_PNG}")

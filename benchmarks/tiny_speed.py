@@ -4,7 +4,7 @@ Measures what a Flow-DPPO iteration does with the tiny model: a rollout of 32 im
 (text encoding, 10 transformer calls, decoding to pixels), then one LoRA (rank 32, alpha 64, attention
 projections) forward + backward over 3 of those steps for the whole batch. Writes JSON.
 
-    python benchmarks/tiny_speed.py --threads 1 --out benchmarks/results/tiny_speed.json
+    python -m benchmarks.tiny_speed --threads 1 --out benchmarks/results/tiny_speed.json
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Toy-world verifier accuracy and speed, and generation throughput; writes JSON.
 
-    python benchmarks/verifier_accuracy.py --out benchmarks/results/toyworld_verifier.json
+    python -m benchmarks.verifier_accuracy --out benchmarks/results/toyworld_verifier.json
 
 Accuracy = mean score of each applicable attribute on ground-truth renders (1.0 is perfect), per
 split and task, plus the same under Gaussian blur / pixel noise, a stand-in for imperfect model

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 
 from mogen import __version__
+from mogen.cli_errors import user_errors
+from mogen.evaluation.cli import eval_command, report_command
+from reward_zoo.cli import app as rewards_app
 
 app = typer.Typer(
     name="mogen",
@@ -17,18 +17,6 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn the errors a user can fix (bad recipe, missing file, existing run) into one line and exit code 2."""
-    from mogen.config import ConfigError
-
-    try:
-        yield
-    except (ConfigError, FileNotFoundError, FileExistsError) as err:
-        typer.echo(f"error: {err}", err=True)
-        sys.exit(2)
 
 
 def _version_callback(value: bool) -> None:
@@ -67,9 +55,7 @@ def align(
     typer.echo(f"done: metrics {run_dir / 'metrics.jsonl'}, grids {run_dir / 'samples'}, LoRA {run_dir / 'lora'}")
 
 
-from reward_zoo.cli import app as rewards_app  # noqa: E402  (the `mogen rewards` command group)
-
-app.add_typer(rewards_app, name="rewards")
+app.add_typer(rewards_app, name="rewards")  # `mogen rewards ...`
 
 
 @app.command("export")
@@ -86,9 +72,7 @@ def export(
     typer.echo(f"wrote {path}: load it with pipeline.load_lora_weights({str(out)!r})")
 
 
-from mogen.evaluation.cli import eval_command, report_command  # noqa: E402  (`mogen eval`, `mogen report`)
-
-app.command("eval")(eval_command)
+app.command("eval")(eval_command)  # `mogen eval`, `mogen report`
 app.command("report")(report_command)
 
 

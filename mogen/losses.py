@@ -20,7 +20,7 @@ from mogen.sampling import Reduction, reduce_per_sample
 
 
 def gaussian_kl(
-    mean_a: torch.Tensor, mean_b: torch.Tensor, std: torch.Tensor, reduction: Reduction = "mean"
+    mean_a: torch.Tensor, mean_b: torch.Tensor, std: torch.Tensor | float, reduction: Reduction = "mean"
 ) -> torch.Tensor:
     """Exact KL(N(mean_a, std^2 I) || N(mean_b, std^2 I)) per sample, shape (B,), float32.
 
@@ -30,7 +30,8 @@ def gaussian_kl(
     non-batch dimensions (the scale Flow-DPPO's thresholds are quoted at); "sum" is the exact joint KL.
     """
     diff = mean_a.float() - mean_b.float()
-    elementwise = diff**2 / (2 * std.float() ** 2)
+    std = torch.as_tensor(std, dtype=torch.float32, device=diff.device)  # a float, or a tensor broadcastable to diff
+    elementwise = diff**2 / (2 * std**2)
     return reduce_per_sample(elementwise.expand_as(diff), reduction)
 
 

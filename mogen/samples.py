@@ -6,7 +6,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from mogen.config import SamplerConfig
-from mogen.rollout import FlowPolicy
+from mogen.models.contract import FlowPolicy
 from mogen.sampling import ode_step, timesteps
 
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"

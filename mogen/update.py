@@ -30,8 +30,9 @@ from torch.distributed.tensor import DTensor
 from mogen.config import AlgorithmConfig
 from mogen.distributed import gather_samples, sum_over_processes
 from mogen.losses import PolicyLossStats, gaussian_kl, grpo_loss
+from mogen.models.contract import FlowPolicy, index_cond
 from mogen.objectives import Advantages, multi_objective_dppo_loss
-from mogen.rollout import STEP_KERNELS, FlowPolicy, Rollout, index_cond
+from mogen.rollout import STEP_KERNELS, Rollout
 
 
 @dataclass

@@ -5,19 +5,21 @@
     result = scorer(images, prompts)                          # images: float (B,3,H,W) in [0,1]
     result.scores, result.failed                              # float32 (B,), bool (B,)
 
-See reward_zoo/README.md for the scorers and their arguments.
+See reward_zoo/README.md for the scorers and their arguments. `import reward_zoo` does not import torch:
+the scorer contract (`Scorer`, `ScoreResult`, ...) is loaded on first use, so command lines stay fast.
 """
 
-from reward_zoo.base import (
-    MissingWeightsError,
-    Scorer,
-    ScorerConfigError,
-    ScorerError,
-    ScoreResult,
-    to_pil,
-    to_uint8_hwc,
-)
-from reward_zoo.registry import ENTRY_POINT_GROUP, RewardInfo, available, get, names
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from reward_zoo.errors import MissingWeightsError, ScorerConfigError, ScorerError
+from reward_zoo.registry import ENTRY_POINT_GROUP, RewardInfo, available, get, names, register
+
+if TYPE_CHECKING:
+    from reward_zoo.base import Scorer, ScoreResult, to_pil, to_uint8_hwc
+
+_CONTRACT = ("Scorer", "ScoreResult", "to_pil", "to_uint8_hwc")  # in reward_zoo.base, which imports torch
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -30,6 +32,16 @@ __all__ = [
     "available",
     "get",
     "names",
+    "register",
     "to_pil",
     "to_uint8_hwc",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The scorer contract's names, imported from reward_zoo.base when first asked for (PEP 562)."""
+    if name in _CONTRACT:
+        from reward_zoo import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module 'reward_zoo' has no attribute {name!r}")

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from reward_zoo.base import MissingWeightsError, Scorer, ScorerConfigError, ScoreResult, to_pil
+from reward_zoo.base import Scorer, ScoreResult, to_pil
+from reward_zoo.errors import MissingWeightsError, ScorerConfigError
 
 _QUOTED = re.compile(r'"([^"]+)"|“([^”]+)”')
 _SINGLE_QUOTED = re.compile(r"(?<![A-Za-z])'([^']+)'(?![A-Za-z])")

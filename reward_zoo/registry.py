@@ -8,7 +8,11 @@ entry-point group; in their pyproject.toml:
     my_reward = "my_package.rewards:MyScorer"      # a reward_zoo.Scorer subclass
 
 Only installed distributions can declare entry points, so a recipe can name a scorer but can never
-make mogen import a module of its choosing.
+make mogen import a module of its choosing. A package can also `register` its scorers from its own code
+when it is imported (mogen does, for its toy verifier): that works from a source checkout whose installed
+metadata predates the entry point.
+
+Importing this module does not import torch (the `mogen rewards` command line and `import mogen` stay fast).
 """
 
 from __future__ import annotations
@@ -18,18 +22,19 @@ import inspect
 import typing
 import warnings
 from dataclasses import dataclass
-from importlib.metadata import entry_points
-from typing import Any
+from importlib.metadata import EntryPoint, entry_points
+from typing import TYPE_CHECKING, Any
 
-import torch
-from pydantic import TypeAdapter, ValidationError
+from reward_zoo.errors import MissingWeightsError, ScorerConfigError
 
-from reward_zoo.base import MissingWeightsError, Scorer, ScorerConfigError
+if TYPE_CHECKING:
+    import torch
+
+    from reward_zoo.base import Scorer
 
 ENTRY_POINT_GROUP = "mogen.rewards"
 
 _BUILTIN: dict[str, str] = {
-    "toy_verifier": "reward_zoo.toy:ToyVerifier",
     "ocr": "reward_zoo.ocr:OCRScorer",
     "compressibility": "reward_zoo.simple:Compressibility",
     "incompressibility": "reward_zoo.simple:Incompressibility",
@@ -50,8 +55,25 @@ class RewardInfo:
     description: str
     weights_present: bool
     weights: str  # where the weights are looked for with default kwargs, or why they are not needed
-    source: str  # "reward_zoo" or the distribution that registered it
+    source: str  # "reward_zoo", or the package or distribution that registered it
     arguments: dict[str, Any]  # keyword argument -> default
+
+
+_REGISTERED: dict[str, EntryPoint] = {}  # added by `register`, loaded like the installed entry points
+
+
+def register(name: str, target: str) -> None:
+    """Add the scorer class `target` ("package.module:Class", imported when first used) under `name`.
+
+    For a package's own code (mogen registers its toy verifier when imported), never for recipes. Registering
+    a name again with the same target is a no-op; a built-in name or another target for a taken name is refused.
+    """
+    module, _, attr = target.partition(":")
+    if not module or not attr:
+        raise ValueError(f"register({name!r}, {target!r}): the target must be 'package.module:Class'")
+    if name in _BUILTIN or (name in _REGISTERED and _REGISTERED[name].value != target):
+        raise ValueError(f"register({name!r}, {target!r}): the reward name '{name}' is taken")
+    _REGISTERED[name] = EntryPoint(name=name, value=target, group=ENTRY_POINT_GROUP)
 
 
 def _entry_points() -> dict[str, Any]:
@@ -59,14 +81,17 @@ def _entry_points() -> dict[str, Any]:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in _BUILTIN:
             warnings.warn(f"entry point {ep.value!r} reuses the built-in reward name '{ep.name}'; ignoring it")
+        elif ep.name in _REGISTERED:  # the registering package's own entry point, or a clash it wins
+            if ep.value != _REGISTERED[ep.name].value:
+                warnings.warn(f"entry point {ep.value!r} reuses the registered reward name '{ep.name}'; ignoring it")
         else:
             found[ep.name] = ep
     return found
 
 
 def names() -> list[str]:
-    """Every registered reward name: built-ins first, then entry points, each sorted."""
-    return sorted(_BUILTIN) + sorted(_entry_points())
+    """Every registered reward name: built-ins first, then registered and entry-point names, sorted."""
+    return sorted(_BUILTIN) + sorted([*_REGISTERED, *_entry_points()])
 
 
 def _unknown(name: str) -> ScorerConfigError:
@@ -78,13 +103,15 @@ def _unknown(name: str) -> ScorerConfigError:
 
 def scorer_class(name: str) -> tuple[type[Scorer], str]:
     """(class, source) for a registered name."""
+    from reward_zoo.base import Scorer
+
     if name in _BUILTIN:
         module, attr = _BUILTIN[name].split(":")
         return getattr(importlib.import_module(module), attr), "reward_zoo"
-    ep = _entry_points().get(name)
+    ep = _REGISTERED.get(name) or _entry_points().get(name)
     if ep is None:
         raise _unknown(name)
-    source = ep.dist.name if ep.dist is not None else "?"
+    source = ep.dist.name if ep.dist is not None else ep.module.split(".")[0]  # registered in-process: its package
     try:
         cls = ep.load()
     except Exception as error:
@@ -124,6 +151,8 @@ def get(name: str, *, device: torch.device | str | None = None, dtype: torch.dty
 
 def _validate_types(name: str, cls: type[Scorer], kwargs: dict[str, Any]) -> dict[str, Any]:
     """Check (and leniently coerce, e.g. "0.5" -> 0.5) each argument against the scorer's type hints."""
+    from pydantic import TypeAdapter, ValidationError
+
     try:
         hints = typing.get_type_hints(cls.__init__)
     except Exception:  # noqa: BLE001 - unresolvable annotations (third-party code): skip the check

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from reward_zoo.base import MissingWeightsError
+from reward_zoo.errors import MissingWeightsError
 
 HF_PREFIX = "hf://"
 

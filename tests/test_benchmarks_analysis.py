@@ -1,13 +1,9 @@
 """The small analysis functions of benchmarks/ (steps to reach a reward, smoothing) on synthetic curves."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from quickstart_runs import first_reach, trailing_mean  # noqa: E402
+from benchmarks.quickstart_runs import first_reach, trailing_mean
 
 
 def test_trailing_mean_is_the_mean_of_the_last_window_values_and_undefined_before():

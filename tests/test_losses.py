@@ -39,6 +39,13 @@ def test_kl_is_symmetric_and_mean_reduction_is_per_dimension() -> None:
     assert gaussian_kl(a.bfloat16(), b.bfloat16(), std.bfloat16()).dtype == torch.float32
 
 
+def test_kl_takes_a_python_float_std() -> None:
+    a, b = torch.zeros(2, 3), torch.tensor([[0.3, 0.0, 0.0], [0.0, 0.6, 0.0]])
+    # ||d||^2 / (2 * 0.3^2) per sample, averaged over 3 dims: [0.09, 0.36] / 0.18 / 3
+    torch.testing.assert_close(gaussian_kl(a, b, 0.3), torch.tensor([0.5, 2.0]) / 3)
+    torch.testing.assert_close(gaussian_kl(a, b, 0.3), gaussian_kl(a, b, torch.tensor(0.3)))
+
+
 # (advantage, ratio, kl above delta) -> masked? ; the paper's Eq. 18 written out case by case.
 TRUTH_TABLE = {
     (+1.0, 1.5, True): True,  # pushes the favoured action further, outside trust region

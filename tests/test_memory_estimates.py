@@ -3,24 +3,17 @@ meta device), the exact LoRA size, and the measured activation model behind the 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "memory_estimates.py"
 GIB = 2**30
 
 
 @pytest.fixture(scope="module")
 def me():
-    """The benchmark module, loaded by path (`benchmarks` is shadowed by fairscale's package of that name)."""
-    spec = importlib.util.spec_from_file_location("memory_estimates", PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    """The benchmark module (ours, not fairscale's top-level `benchmarks`: the repository root is first on the path)."""
+    from benchmarks import memory_estimates
+
+    return memory_estimates
 
 
 @pytest.fixture(scope="module")

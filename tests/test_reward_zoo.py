@@ -120,6 +120,7 @@ def test_available_reports_descriptions_and_weights():
     assert {"ocr", "compressibility", "incompressibility", "vivid", "aesthetic", "clipscore", "pickscore",
             "hpsv2", "imagereward", "toy_verifier"} <= set(table)
     assert table["compressibility"].weights_present and table["compressibility"].source == "reward_zoo"
+    assert table["toy_verifier"].source == "mogen"  # registered by mogen, not a reward_zoo built-in
     assert table["vivid"].arguments["contrast_weight"] == 0.5
     assert all(info.description and not info.description.startswith("(failed") for info in table.values())
 
@@ -152,6 +153,31 @@ def test_entry_point_errors_are_clear(plugin_on_path):
 
 def test_entry_points_absent_without_the_distribution():
     assert "mean_brightness" not in reward_zoo.names()
+
+
+def test_register_refuses_taken_names_and_merges_the_same_entry_point(tmp_path, monkeypatch):
+    import mogen  # noqa: F401  (registers toy_verifier)
+
+    reward_zoo.register("toy_verifier", "mogen.toyworld.scorer:ToyVerifier")  # the same target again: a no-op
+    for name in ("toy_verifier", "ocr"):
+        with pytest.raises(ValueError, match=f"the reward name '{name}' is taken"):
+            reward_zoo.register(name, "elsewhere.module:Other")
+    with pytest.raises(ValueError, match="must be 'package.module:Class'"):
+        reward_zoo.register("new_name", "no_colon")
+    # an installed entry point with the registered target (mogen's own, once installed) is the same reward
+    dist = tmp_path / "mogen_again-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: mogen-again\nVersion: 0.1\n")
+    entry = "[mogen.rewards]\ntoy_verifier = mogen.toyworld.scorer:ToyVerifier\n"
+    (dist / "entry_points.txt").write_text(entry)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert reward_zoo.names().count("toy_verifier") == 1
+    (dist / "entry_points.txt").write_text(entry.replace("mogen.toyworld.scorer:ToyVerifier", "elsewhere.module:Other"))
+    with pytest.warns(UserWarning, match="reuses the registered reward name 'toy_verifier'"):
+        assert reward_zoo.names().count("toy_verifier") == 1
+    assert reward_zoo.available()["toy_verifier"].source == "mogen"
 
 
 # --- model-free scorers ---------------------------------------------------------------------------

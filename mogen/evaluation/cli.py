@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from mogen.cli_errors import user_errors
+
 
 def eval_command(
     suite: Path = typer.Option(..., "--suite", "-s", help="Suite YAML, e.g. recipes/eval/toy_forgetting.yaml."),
@@ -17,7 +19,6 @@ def eval_command(
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ...; default cuda when available."),
 ) -> None:
     """Evaluate the base model and the aligned model (base + LoRA) on the same seeds: gains and forgetting."""
-    from mogen.cli import user_errors
     from mogen.evaluation.report import evaluate
     from reward_zoo import ScorerConfigError
 
@@ -40,7 +41,6 @@ def report_command(
     out: Path | None = typer.Option(None, "--out", "-o", help="Output folder; default <run>/report, or ./report for several runs."),
 ) -> None:
     """Plot runs: reward vs step, reward vs KL to base, held-out probes, per-objective gains (Pareto for several runs)."""
-    from mogen.cli import user_errors
     from mogen.evaluation.runs import report_runs
 
     out = out or (run_dirs[0] / "report" if len(run_dirs) == 1 else Path("report"))

@@ -9,7 +9,7 @@ from mogen.config import EvalConfig
 from mogen.evaluation.alarm import HackingAlarm
 from mogen.evaluation.probes import run_probes
 from mogen.evaluation.suite import Suite, load_suite
-from mogen.rollout import FlowPolicy
+from mogen.models.contract import FlowPolicy
 
 
 @dataclass

@@ -29,7 +29,7 @@ import reward_zoo
 from mogen.evaluation.suite import Probe, ProbeSampler, Suite, probe_prompts
 from mogen.lora import adapter_disabled
 from mogen.losses import gaussian_kl
-from mogen.rollout import FlowPolicy
+from mogen.models.contract import FlowPolicy
 from mogen.sampling import flow_sde_step, ode_step, timesteps
 from mogen.toyworld import render_batch, scene_from_prompt
 from reward_zoo.registry import scorer_class

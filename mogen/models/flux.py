@@ -18,7 +18,7 @@ from diffusers import FluxPipeline
 
 from mogen.config import ConfigError
 from mogen.models.common import check_pipeline_folder, check_prompts, freeze_and_place, latent_size, on_device, schedule_shift
-from mogen.rollout import Conditioning
+from mogen.models.contract import Conditioning
 
 
 class FluxPolicy:

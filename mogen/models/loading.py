@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from mogen.config import ConfigError, ModelConfig
-from mogen.rollout import FlowPolicy
+from mogen.models.contract import FlowPolicy
 
 
 def load_policy(cfg: ModelConfig, device: torch.device | str, guidance_scale: float = 1.0) -> FlowPolicy:

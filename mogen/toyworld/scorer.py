@@ -1,4 +1,8 @@
-"""The toy world's rule-based verifier (`mogen.toyworld.verify`) as a reward.
+"""The toy world's rule-based verifier (`mogen.toyworld.verify`) as a reward_zoo scorer named `toy_verifier`.
+
+It lives in mogen because it needs the toy world; reward_zoo never imports mogen. mogen registers it with
+reward_zoo's registry when imported (mogen/__init__.py) and declares it as a `mogen.rewards` entry point
+(pyproject.toml), so `reward_zoo.get("toy_verifier")` finds it once mogen is imported or installed.
 
 One verifier can feed several objectives: `attribute` picks `overall` (mean of the attributes the
 prompt has), `all_correct` (GenEval's strict 0/1) or one of count / color / shape / position / text.
@@ -14,7 +18,8 @@ from typing import Any
 
 import torch
 
-from reward_zoo.base import Scorer, ScorerConfigError, ScoreResult
+from mogen.toyworld.verify import verify
+from reward_zoo import Scorer, ScoreResult, ScorerConfigError
 
 _ATTRIBUTES = ("overall", "all_correct", "count", "color", "shape", "position", "text")
 
@@ -31,9 +36,6 @@ class ToyVerifier(Scorer):
             )
         if not isinstance(not_applicable, (int, float)):
             raise ScorerConfigError(f"reward 'toy_verifier': not_applicable must be a number, got {not_applicable!r}")
-        from mogen.toyworld.verify import verify  # mogen is the same distribution; imported when used
-
-        self._verify = verify
         self.attribute, self.not_applicable = attribute, float(not_applicable)
 
     @classmethod
@@ -41,7 +43,7 @@ class ToyVerifier(Scorer):
         return True, "no weights (the text attribute runs tesseract)"
 
     def score(self, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]) -> ScoreResult:
-        table = self._verify(images, prompts)  # raises ValueError on a prompt outside the grammar
+        table = verify(images, prompts)  # raises ValueError on a prompt outside the grammar
         values = table[self.attribute]
         applicable = ~torch.isnan(values)
         scores = torch.where(applicable, values, torch.full_like(values, self.not_applicable))
