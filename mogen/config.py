@@ -106,8 +106,11 @@ class RewardConfig(ScorerSpec):
 
 class AdvantageConfig(_Section):
     mode: Literal["per_objective", "sum_then_normalize"] = "per_objective"
-    std_floor: float = Field(1e-2, gt=0, description="group std below this is raised to it (no divide-by-zero)")
-    clip: float | None = Field(5.0, gt=0)
+    std: Literal["group", "batch"] = Field(
+        "group", description="divide by each group's std, or by one std of the whole batch (UniRL, flow_grpo)"
+    )
+    std_floor: float = Field(1e-2, gt=0, description="a std below this is raised to it (no divide-by-zero)")
+    clip: float | None = Field(5.0, gt=0, description="clip advantages to [-clip, clip]; null: no clip")
 
 
 class AlgorithmConfig(_Section):

@@ -3,10 +3,15 @@
 Objective k has raw rewards r_k (B,), a weight w_k, a DPPO threshold delta_k and optionally a budget on the
 KL to the base model. Samples come in prompt groups of G (same prompt, different noise).
 
-    A_k = (r_k - mean_group(r_k)) / max(std_group(r_k), floor)             (per_objective, GDPO-style)
+    A_k = (r_k - mean_group(r_k)) / max(s_k, floor)                         (per_objective, GDPO-style)
     A   = sum_k w_k A_k
 or
     A   = normalize_group(sum_k w_k r_k)                                     (sum_then_normalize, Flow-GRPO)
+
+with s_k the std of r_k over the sample's own group (`std: group`), or one std of r_k over the whole batch for
+every group (`std: batch`: UniRL's `adv_use_global_std: true`, flow_grpo's `config.sample.global_std = True`).
+A batch-wide std keeps a group with a small spread from being blown up to +-1: its advantages stay as small as
+its reward differences are against the rest of the batch.
 
 Flow-DPPO with per-objective budgets gives every objective its own term and its own mask:
 
@@ -25,12 +30,22 @@ import torch
 from mogen.losses import PolicyLossStats, dppo_loss
 
 
-def group_normalize(rewards: torch.Tensor, group_ids: torch.Tensor, std_floor: float) -> torch.Tensor:
-    """(r - group mean) / max(group std, std_floor) for every sample, in float32.
+def group_normalize(
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    std_floor: float,
+    std: str = "group",
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(r - group mean) / max(s, std_floor) for every sample, in float32.
 
-    The std is the population std of the group (as Flow-GRPO); the floor keeps a group whose samples all scored
-    the same (std 0) at advantage 0 instead of dividing by zero, and keeps tiny reward differences from being
-    blown up to +-1.
+    std="group": s is the population std of the sample's group (as Flow-GRPO's per-prompt tracker).
+    std="batch": s is one population std of the raw rewards over the batch, sqrt(mean((r - mean(r))^2)), for
+    every group (flow_grpo's np.std; UniRL's Bessel-corrected std differs by sqrt(N / (N - 1)), 1.0007 at N = 768).
+    `valid` (B,) bool restricts the batch std to the samples whose reward counts (the objective applies to
+    their prompt, their group had no failed reward); the group means are unaffected, a group shares its prompt.
+    The floor keeps a group (or batch) whose samples all scored the same at advantage 0 instead of dividing by
+    zero, and keeps tiny reward differences from being blown up to +-1.
     """
     rewards = rewards.float()
     num_groups = int(group_ids.max()) + 1
@@ -38,9 +53,14 @@ def group_normalize(rewards: torch.Tensor, group_ids: torch.Tensor, std_floor: f
     sums = torch.zeros(num_groups, device=rewards.device).index_add_(0, group_ids, rewards)
     means = sums / counts
     centered = rewards - means[group_ids]
-    variances = torch.zeros(num_groups, device=rewards.device).index_add_(0, group_ids, centered**2) / counts
-    stds = variances.sqrt().clamp_min(std_floor)
-    return centered / stds[group_ids]
+    if std == "group":
+        variances = torch.zeros(num_groups, device=rewards.device).index_add_(0, group_ids, centered**2) / counts
+        return centered / variances.sqrt().clamp_min(std_floor)[group_ids]
+    if std == "batch":
+        counted = rewards if valid is None else rewards[valid.to(rewards.device)]
+        batch_std = counted.std(correction=0) if counted.numel() > 1 else rewards.new_zeros(())
+        return centered / batch_std.clamp_min(std_floor)
+    raise ValueError(f"advantage std must be 'group' or 'batch', got {std!r}")
 
 
 @dataclass
@@ -58,19 +78,27 @@ def compute_advantages(
     mode: str,
     std_floor: float,
     clip: float | None,
+    std: str = "group",
+    valid: torch.Tensor | None = None,
 ) -> Advantages:
-    """Advantages from raw rewards (K, B) of K objectives; see the module docstring for the two modes.
+    """Advantages from raw rewards (K, B) of K objectives; see the module docstring for the modes and stds.
 
     In `sum_then_normalize` mode there is a single advantage, so `per_objective` holds it once (K = 1).
+    `valid` (K, B) bool marks the rewards a batch std counts (default: all); in `sum_then_normalize` mode a
+    sample counts if any of its objectives does. `clip` None leaves the advantages unclipped (UniRL has no clip).
+    With data parallel, pass the gathered rewards of the whole batch: the batch std is the whole batch's.
     """
     weights = weights.float().to(rewards.device)
     if mode == "per_objective":
-        per_objective = torch.stack([group_normalize(r, group_ids, std_floor) for r in rewards])
+        per_objective = torch.stack([
+            group_normalize(r, group_ids, std_floor, std, None if valid is None else valid[k]) for k, r in enumerate(rewards)
+        ])
         if clip is not None:
             per_objective = per_objective.clamp(-clip, clip)
         combined = (weights[:, None] * per_objective).sum(0)
     elif mode == "sum_then_normalize":
-        combined = group_normalize((weights[:, None] * rewards.float()).sum(0), group_ids, std_floor)
+        summed = (weights[:, None] * rewards.float()).sum(0)
+        combined = group_normalize(summed, group_ids, std_floor, std, None if valid is None else valid.any(0))
         if clip is not None:
             combined = combined.clamp(-clip, clip)
         per_objective = combined[None]

@@ -167,7 +167,7 @@ def align(recipe: Recipe, resume: bool = False) -> Path:
         ref_kl = ref_kl_sums[0] / ref_kl_sums[1]
         advantages = compute_advantages(
             scores.filled(), objectives.weights.to(device), group_ids, recipe.advantage.mode,
-            recipe.advantage.std_floor, recipe.advantage.clip,
+            recipe.advantage.std_floor, recipe.advantage.clip, recipe.advantage.std, ~torch.isnan(scores.raw) & keep,
         )
         advantages = Advantages(advantages.per_objective[:, shard], advantages.combined[shard])  # this process's samples
         gates = torch.stack([ref_kl_gate(ref_kl, budget) for budget in objectives.max_ref_kls]).to(device)

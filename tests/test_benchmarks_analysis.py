@@ -34,3 +34,125 @@ def test_first_reach_counts_equality_and_ignores_undefined_values():
 @pytest.mark.parametrize("window", [1, 5])
 def test_trailing_mean_of_a_constant_is_the_constant(window):
     np.testing.assert_allclose(trailing_mean(np.full(8, 0.25), window)[window - 1:], 0.25)
+
+
+# --- benchmarks/matched_regime.py: the matched clip range and the claims' verdicts ---------------------------------
+from matched_regime import (  # noqa: E402
+    D_SD35,
+    D_TINY,
+    EPS_MATCHED,
+    REFERENCE_DELTA,
+    binding_kl,
+    claims,
+    clip_fraction,
+    frontier_gap,
+    matched_eps,
+    per_setting,
+    variants,
+    verdict,
+)
+
+
+def test_binding_kl_is_where_half_the_steps_clip_and_matches_the_closed_form_limits():
+    assert clip_fraction(binding_kl(1e-4, D_SD35), 1e-4, D_SD35) == pytest.approx(0.5, abs=1e-6)
+    assert binding_kl(1e-4, D_SD35) == pytest.approx(1e-4, rel=0.01)  # mean-dominated: binds at KL ~ eps
+    assert 1.28e-6 < binding_kl(1e-4, D_TINY) < 4 * 1.28e-6  # spread-dominated: same order as D eps^2 / 2 = 1.28e-6
+
+
+def test_matched_eps_binds_on_the_tiny_latent_where_1e4_binds_on_sd35():
+    eps = matched_eps(1e-4, D_SD35, D_TINY)
+    assert eps == pytest.approx(6.0e-4, rel=0.01) and EPS_MATCHED == 6.0e-4
+    assert binding_kl(eps, D_TINY) == pytest.approx(binding_kl(1e-4, D_SD35), rel=1e-3)
+    assert matched_eps(3e-4, 1000, 1000) == pytest.approx(3e-4, rel=1e-3)  # same latent: same eps
+
+
+def test_the_clipped_share_of_real_one_sample_log_ratios_is_the_gaussian_ones():
+    """Monte Carlo: log r = mean_i(eps_i d_i / std - d_i^2 / (2 std^2)) over D = 256 elements, at the KL where the
+    matched eps should clip half of the steps."""
+    rng = np.random.default_rng(0)
+    kl, std = binding_kl(EPS_MATCHED, D_TINY), 0.5
+    d = rng.normal(size=(4000, D_TINY))
+    d *= std * np.sqrt(2 * kl / (d**2).mean(axis=1, keepdims=True))  # every step's exact KL is `kl`
+    noise = rng.normal(size=d.shape)
+    log_r = (noise * d / std - d**2 / (2 * std**2)).mean(axis=1)
+    assert np.mean(np.abs(log_r) > EPS_MATCHED) == pytest.approx(0.5, abs=0.03)
+
+
+def test_verdict_needs_two_standard_errors_either_way():
+    assert verdict(0.3, 0.1) == "reproduced"
+    assert verdict(-0.3, 0.1) == "not reproduced"
+    assert verdict(0.15, 0.1) == "inconclusive"
+    assert verdict(0.3, None) == "inconclusive"  # one seed: no spread, no verdict
+
+
+def _record(gain: float, kl: float, worst: float = 0.0, color: float = 0.0) -> dict:
+    return {"trained_mean_gain": gain, "worst_gain": worst, "heldout_color_change": color, "heldout_overall_change": 0.0,
+            "kl_base_end": kl, "kl_ref_end": kl, "mask_or_clip_mean": 0.0, "mask_or_clip_max": 0.0}
+
+
+def _synthetic_runs(dppo_lift: float, noise: float) -> dict:
+    """Every setting of the plan with 3 seeds: gain = 10 x KL on both frontiers, DPPO's lifted by `dppo_lift`;
+    seeds spread by +-noise. Under stress DPPO loses 0.01, GRPO 0.05; the budget lifts the worst objective by 0.2."""
+    plan = variants()
+    kls = {"dppo": [0.01, 0.03, 0.05], "grpo": [0.02, 0.04, 0.06]}
+    runs = {}
+    for name, spec in plan.items():
+        for seed, jitter in zip((0, 1, 2), (-noise, 0.0, noise)):
+            algorithm = spec["algorithm"]
+            if spec["group"] == "frontier":
+                values = DPPO_DELTAS_OR_EPS[algorithm]
+                kl = kls[algorithm][values.index(spec["value"])]
+                gain = 10 * kl + (dppo_lift if algorithm == "dppo" else 0.0) + jitter
+                record = _record(gain, kl, worst=gain - 0.1, color=-gain)
+            elif spec["group"] == "stress":
+                record = _record(0.3 - (0.01 if algorithm == "dppo" else 0.05) + jitter, 0.03)
+            else:
+                record = _record(0.1, 0.03, worst=(-0.2 if name != "mix_dppo_budget" else 0.0) + jitter)
+            runs.setdefault(name, {})[seed] = record
+    # the stress tests are paired with the matched frontier settings: give those the stress runs' base level
+    for name in (f"dppo_delta{REFERENCE_DELTA:.0e}", f"grpo_eps{EPS_MATCHED:.0e}"):
+        for seed, jitter in zip((0, 1, 2), (-noise, 0.0, noise)):
+            runs[name][seed]["trained_mean_gain"] = 0.3 + jitter
+    return runs
+
+
+DPPO_DELTAS_OR_EPS = {"dppo": [v["value"] for v in variants().values() if v["group"] == "frontier" and v["algorithm"] == "dppo"],
+                      "grpo": [v["value"] for v in variants().values() if v["group"] == "frontier" and v["algorithm"] == "grpo"]}
+
+
+def test_claims_on_synthetic_runs_where_dppo_wins_everything():
+    runs = _synthetic_runs(dppo_lift=0.2, noise=0.01)
+    result = claims(runs, per_setting(runs, variants()))
+    assert result["stability_lr3x"]["verdict"] == result["stability_updates2"]["verdict"] == "reproduced"
+    assert result["stability_lr3x"]["dppo_minus_grpo"] == pytest.approx(0.04)
+    assert result["budget_keeps_worst_objective"]["verdict"] == "reproduced"
+    assert result["budget_keeps_worst_objective"]["budget_minus_global"] == pytest.approx(0.2)
+    assert result["better_worst_objective_at_equal_kl"]["verdict"] == "reproduced"
+    assert result["higher_reward_at_equal_kl"]["verdict"] == "reproduced"
+    losing = _synthetic_runs(dppo_lift=-0.3, noise=0.01)
+    assert claims(losing, per_setting(losing, variants()))["higher_reward_at_equal_kl"]["verdict"] == "not reproduced"
+
+
+def test_frontiers_compare_over_their_common_kl_range_only():
+    def point(kl: float, gain: float, std: float = 0.01) -> dict:
+        return {"kl_base_end": {"mean": kl, "std": std, "n": 3}, "trained_mean_gain": {"mean": gain, "std": std, "n": 3}}
+
+    # DPPO: gain 10 KL on [0.01, 0.05]; GRPO: gain 10 KL - 0.1 on [0.03, 0.07]: common range [0.03, 0.05], gap +0.1
+    dppo = [point(0.01, 0.1), point(0.05, 0.5)]
+    grpo = [point(0.03, 0.2), point(0.07, 0.6)]
+    gap = frontier_gap({"dppo": dppo, "grpo": grpo}, "kl_base_end", "trained_mean_gain")
+    assert gap["range"] == pytest.approx([0.03, 0.05]) and gap["dppo_minus_grpo"] == pytest.approx(0.1)
+    assert gap["verdict"] == "reproduced"
+    swapped = frontier_gap({"dppo": grpo, "grpo": dppo}, "kl_base_end", "trained_mean_gain")
+    assert swapped["verdict"] == "not reproduced"
+    noisy = frontier_gap({"dppo": [point(0.01, 0.1, 0.5), point(0.05, 0.5, 0.5)], "grpo": grpo}, "kl_base_end", "trained_mean_gain")
+    assert noisy["verdict"] == "inconclusive"  # 0.1 is within 2 standard errors of seeds spread by 0.5
+    apart = frontier_gap({"dppo": dppo, "grpo": [point(0.08, 0.2), point(0.09, 0.3)]}, "kl_base_end", "trained_mean_gain")
+    assert apart["verdict"] == "inconclusive" and "share no" in apart["why"]
+
+
+def test_claims_are_inconclusive_with_missing_runs_or_one_seed():
+    runs = {name: {0: seed_runs[0]} for name, seed_runs in _synthetic_runs(0.2, 0.01).items()}
+    result = claims(runs, per_setting(runs, variants()))
+    assert {c["verdict"] for c in result.values()} == {"inconclusive"}
+    assert claims({}, {})["budget_keeps_worst_objective"]["why"] == "missing runs"

@@ -75,3 +75,48 @@ def test_ref_kl_gate() -> None:
     assert ref_kl_gate(torch.tensor(0.5), 1.0) == 1.0
     assert ref_kl_gate(torch.tensor(1.25), 1.0) == pytest.approx(0.5)
     assert ref_kl_gate(torch.tensor(2.0), 1.0) == 0.0
+
+
+def test_batch_std_divides_every_group_by_one_std_of_the_whole_batch() -> None:
+    # group means 1 and 5, centered +-1 in both; raw rewards 0, 2, 4, 6: batch mean 3, population variance
+    # (9 + 1 + 1 + 9) / 4 = 5, so every advantage is +-1/sqrt(5) (each group's own std, 1, would give +-1)
+    rewards = torch.tensor([0.0, 2.0, 4.0, 6.0])
+    groups = torch.tensor([0, 0, 1, 1])
+    expected = torch.tensor([-1.0, 1.0, -1.0, 1.0]) / 5**0.5
+    torch.testing.assert_close(group_normalize(rewards, groups, 1e-6, std="batch"), expected)
+    torch.testing.assert_close(group_normalize(rewards, groups, 1e-6, std="group"), torch.tensor([-1.0, 1.0, -1.0, 1.0]))
+
+
+def test_batch_std_counts_only_valid_rewards() -> None:
+    """A group whose objective does not apply (filled with 100) changes neither the batch std nor its own 0."""
+    rewards = torch.tensor([[0.0, 2.0, 4.0, 6.0, 100.0, 100.0]])
+    groups = torch.tensor([0, 0, 1, 1, 2, 2])
+    valid = torch.tensor([[True, True, True, True, False, False]])
+    adv = compute_advantages(rewards, torch.ones(1), groups, "per_objective", 1e-6, None, std="batch", valid=valid)
+    torch.testing.assert_close(adv.per_objective[0], torch.tensor([-1.0, 1.0, -1.0, 1.0, 0.0, 0.0]) / 5**0.5)
+    summed = compute_advantages(torch.cat([rewards, rewards]), torch.tensor([1.0, 0.5]), groups, "sum_then_normalize",
+                                1e-6, None, std="batch", valid=torch.cat([valid, valid]))
+    torch.testing.assert_close(summed.combined, 1.5 * torch.tensor([-1.0, 1.0, -1.0, 1.0, 0.0, 0.0]) / (1.5 * 5**0.5))
+
+
+def test_batch_std_floor_keeps_a_flat_batch_at_zero() -> None:
+    adv = group_normalize(torch.full((4,), 0.7), torch.tensor([0, 0, 1, 1]), 1e-2, std="batch")
+    assert torch.equal(adv, torch.zeros(4))
+
+
+def test_unclipped_batch_advantages_can_exceed_the_clip_of_5() -> None:
+    # 50 groups of 2; only group 0 differs (0 vs 10): batch mean 0.1, variance (99 * 0.1^2 + 9.9^2) / 100 = 0.99,
+    # group 0's centered rewards are -+5, so its advantages are -+5 / sqrt(0.99) = -+5.0252 (UniRL: no clip)
+    rewards = torch.zeros(1, 100)
+    rewards[0, 1] = 10.0
+    groups = torch.arange(100) // 2
+    free = compute_advantages(rewards, torch.ones(1), groups, "per_objective", 1e-6, None, std="batch")
+    torch.testing.assert_close(free.per_objective[0, :2], torch.tensor([-5.0, 5.0]) / 0.99**0.5)
+    clipped = compute_advantages(rewards, torch.ones(1), groups, "per_objective", 1e-6, 5.0, std="batch")
+    torch.testing.assert_close(clipped.per_objective[0, :2], torch.tensor([-5.0, 5.0]))
+    assert torch.equal(free.per_objective[0, 2:], torch.zeros(98))
+
+
+def test_unknown_advantage_std_is_an_error() -> None:
+    with pytest.raises(ValueError, match="'group' or 'batch'"):
+        group_normalize(torch.zeros(2), torch.tensor([0, 0]), 1e-2, std="global")

@@ -15,18 +15,69 @@ RECIPES = Path(__file__).parents[1] / "recipes"
 PAPER_RECIPES = sorted(p for family in ("sd35", "flux") for p in (RECIPES / family).glob("[a-z]*.yaml"))
 
 
+# What each reference publishes (the recipes' comments name the files); FLUX.1 Flow-DPPO has no reference and
+# carries UniRL's SD3.5 values over.
+UNIRL_DPPO = {  # UniRL examples/diffusion/sd3_flowdppo.yaml
+    "algorithm": {"beta": 0.0, "updates_per_batch": 1, "minibatches": 2, "delta": 5e-6},
+    "advantage": {"std": "batch", "clip": None},
+    "rollout": {"prompts_per_batch": 48, "group_size": 16},
+    "sampler": {"eta": 0.7, "num_steps": 10, "train_window": (0, 5), "train_steps": 3},
+    "optim": {"lr": 3e-4, "weight_decay": 0.0},
+}
+FLOW_GRPO_SD3 = {  # flow_grpo config/grpo.py general_ocr_sd3 / pickscore_sd3, config/base.py
+    "algorithm": {"clip_range": 1e-4, "updates_per_batch": 1, "minibatches": 2},
+    "advantage": {"std": "batch", "clip": 5.0},
+    "rollout": {"prompts_per_batch": 48, "group_size": 24},
+    "sampler": {"eta": 0.7, "num_steps": 10, "guidance_scale": 4.5, "train_window": (0, 9), "train_steps": 9},
+    "optim": {"lr": 3e-4, "weight_decay": 1e-4},
+    "lora": {"init": "gaussian"},
+}
+FLOW_GRPO_FLUX = {  # flow_grpo config/grpo.py pickscore_flux
+    "algorithm": {"clip_range": 1e-4, "beta": 0.0, "updates_per_batch": 1, "minibatches": 2},
+    "advantage": {"std": "batch", "clip": 5.0},
+    "rollout": {"prompts_per_batch": 48, "group_size": 24},
+    "sampler": {"eta": 0.9, "num_steps": 6, "guidance_scale": 3.5, "train_window": (0, 5), "train_steps": 5},
+    "optim": {"lr": 3e-4, "weight_decay": 1e-4},
+    "lora": {"rank": 64, "alpha": 128, "init": "gaussian"},
+}
+# flow_grpo's KL penalty is the exact KL x |dt|: its beta times the mean |dt| of its trained steps 0-8 (0.110)
+FLOW_GRPO_BETA = {"ocr": 0.04 * 0.110, "pickscore": 0.01 * 0.110, "multi": 0.04 * 0.110}
+
+
+def _pinned(path: Path) -> dict:
+    family, algorithm = path.parent.name, path.stem.split("_")[-1]
+    if algorithm == "dppo":
+        expected = {**UNIRL_DPPO, "sampler": {**UNIRL_DPPO["sampler"], "guidance_scale": 1.0 if family == "sd35" else 3.5}}
+        return {**expected, "lora": {"rank": 32, "alpha": 64, "init": "default"} if family == "sd35" else {"rank": 64, "alpha": 128}}
+    if family == "flux":
+        return FLOW_GRPO_FLUX
+    return {**FLOW_GRPO_SD3, "algorithm": {**FLOW_GRPO_SD3["algorithm"], "beta": FLOW_GRPO_BETA[path.stem.split("_")[0]]}}
+
+
 @pytest.mark.parametrize("path", PAPER_RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_paper_recipe_validates_with_published_settings(path: Path) -> None:
     recipe = load_recipe(path)
-    assert recipe.rollout.group_size == 16 and recipe.sampler.num_steps == 10 and recipe.sampler.eta == 0.7
-    assert recipe.sampler.train_steps == 3 and recipe.sampler.train_window[1] <= 5
-    assert (recipe.lora.rank, recipe.lora.alpha, recipe.optim.lr) == (32, 64, 3e-4)
-    assert recipe.model.dtype == "bfloat16" and recipe.train.mixed_precision == "bf16"
-    if recipe.algorithm.name == "grpo":
-        assert recipe.algorithm.clip_range == 1e-4 and recipe.algorithm.beta == 0.04
+    for section, values in _pinned(path).items():
+        for field, value in values.items():
+            got = getattr(getattr(recipe, section), field)
+            assert got == pytest.approx(value, rel=1e-9) if isinstance(value, float) else got == value, f"{section}.{field}: {got}"
+    assert recipe.algorithm.name == path.stem.split("_")[-1]
+    assert recipe.model.dtype == "bfloat16" and recipe.train.mixed_precision == "bf16" and recipe.model.resolution == 512
+    assert recipe.train.grad_clip == 1.0
+    if path.parent.name == "sd35":
+        assert (recipe.lora.rank, recipe.lora.alpha, recipe.sampler.shift) == (32, 64, 3.0)
     else:
-        assert recipe.algorithm.delta == 1e-5
+        assert "ff.net.2" in recipe.lora.target_modules and recipe.sampler.shift == 1.88
     assert path.with_name(path.name.replace("dppo", "grpo") if "dppo" in path.name else path.name.replace("grpo", "dppo")).is_file()
+
+
+def test_every_published_value_names_its_source() -> None:
+    """The shared files say where their values come from: a repository file for each reference."""
+    for family in ("sd35", "flux"):
+        text = " ".join((RECIPES / family / f"_{part}.yaml").read_text() for part in ("base", "dppo", "grpo"))
+        assert "config/grpo.py" in text and "train_" in text
+        assert "examples/diffusion/sd3_flowdppo.yaml" in text
+    assert "unirl/train/stack.py" in (RECIPES / "sd35" / "_dppo.yaml").read_text()
 
 
 @pytest.mark.parametrize(("recipe_name", "save"), [("sd35/ocr_dppo.yaml", save_sd3_pipeline), ("flux/multi_grpo.yaml", save_flux_pipeline)])
@@ -40,7 +91,7 @@ def test_paper_recipe_trains_on_a_tiny_pipeline(tmp_path: Path, recipe_name: str
     ])
     run = align(recipe)
     (metrics,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    # 4 minibatches x 2 passes: the first is on-policy (r = 1), later ones see a moved policy
+    # one pass in 2 minibatches: the first is on-policy (r = 1), the second sees the policy the first moved
     assert metrics["update/ratio_min"] <= 1.0 <= metrics["update/ratio_max"]
     assert metrics["update/ratio_max"] > metrics["update/ratio_min"]
     assert metrics["kl/old_new"] > 0
