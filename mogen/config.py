@@ -140,6 +140,9 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(25, ge=1)
     sample_every: int = Field(25, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
+    diagnostics_every: int = Field(
+        10, ge=1, description="measure kl/ref and kl/old_new (extra no-grad forwards) every N steps, and at the first and last"
+    )
     log_with: list[Literal["tensorboard", "wandb"]] = Field(default_factory=lambda: ["tensorboard"])
 
 

@@ -38,3 +38,19 @@ def test_first_reach_counts_equality_and_ignores_undefined_values():
 @pytest.mark.parametrize("window", [1, 5])
 def test_trailing_mean_of_a_constant_is_the_constant(window):
     np.testing.assert_allclose(trailing_mean(np.full(8, 0.25), window)[window - 1:], 0.25)
+
+
+def test_training_curves_interpolate_a_diagnostic_logged_on_a_schedule(tmp_path: Path):
+    """kl/ref is measured at steps 1, 10, 20, ... (train.diagnostics_every): between them the curve is the line
+    through the measurements, so a linear kl/ref gives the same trailing mean as if it were logged every step."""
+    import json
+
+    from quickstart_runs import WINDOW, training_curves
+
+    rows = [{"step": 0, "probe/x": 0.5}]
+    rows += [{"step": s, "reward/total": 1.0, **({"kl/ref": 1e-4 * s} if s == 1 or s % 10 == 0 else {})} for s in range(1, 41)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    curves = training_curves(tmp_path)
+    assert curves["step"].tolist() == list(range(1, 41))
+    expected = trailing_mean(1e-4 * np.arange(1, 41), WINDOW)
+    np.testing.assert_allclose(curves["kl/ref"][WINDOW - 1:], expected[WINDOW - 1:], rtol=1e-9)
