@@ -21,6 +21,7 @@ describe the recipe's own trajectory.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from rich.table import Table
 
 from mogen.config import ConfigError, Recipe
 from mogen.losses import gaussian_kl
@@ -136,6 +138,8 @@ def calibrate(recipe: Recipe, steps: int = 5, target: float = 0.05) -> dict[str,
             kl, log_ratio = moved_from_rollout(c.policy, accelerator, batch.rollout, kept, recipe.sampler.kind, recipe.sampler.eta)
             moved += [(int(batch.rollout.step_indices[s]), kl[:, s], log_ratio[:, s]) for s in range(kl.shape[1])]
 
+    if not moved:
+        raise ConfigError(f"no update ran in {steps} steps: every group had a failed reward (see `mogen rewards list`)")
     mask_logged = [m["mask_fraction"] for m in logged]
     dppo_all, clip_all = torch.cat(dppo_values).cpu(), torch.cat(clip_values).cpu()
     per_step = []
@@ -213,17 +217,17 @@ def _reward_health(scores: list, keys: list[str]) -> dict[str, Any]:
     return {"objectives": objectives, "failed_fraction": float(failed.mean())}
 
 
-def write_json(report: dict[str, Any], path: Path) -> None:
-    import json
+def _threshold_text(value: float | None) -> str:
+    return "unreachable" if value is None else f"{value:.2e}"
 
+
+def write_json(report: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
 
 
-def render(report: dict[str, Any]):
+def render(report: dict[str, Any]) -> Table:
     """The report as a rich Table (what the CLI prints)."""
-    from rich.table import Table
-
     r, tr, ref = report["recipe"], report["trust_region"], report["reference_equivalent"]
     table = Table(title=f"mogen calibrate: {r['algorithm']}, {r['steps']} steps, D = {report['latent_elements']}")
     table.add_column("check")
@@ -244,9 +248,8 @@ def render(report: dict[str, Any]):
                   f"mean over steps (max {tr['mask_fraction_max']:.2%}); the trainer logs the same")
     table.add_row(f"clip fraction at eps {r['clip_range']:.1e}", f"{tr['clip_fraction']:.2%}",
                   f"binds at KL ~ {ref['clip_range_binds_at_kl']:.1e} for this D")
-    fmt = lambda v: "unreachable" if v is None else f"{v:.2e}"  # noqa: E731
-    table.add_row(f"delta for {tr['target_fraction']:.0%} masked", fmt(tr["delta_for_target"]), "on these steps' KLs")
-    table.add_row(f"eps for {tr['target_fraction']:.0%} clipped", fmt(tr["clip_range_for_target"]), "on these steps' ratios")
+    table.add_row(f"delta for {tr['target_fraction']:.0%} masked", _threshold_text(tr["delta_for_target"]), "on these steps' KLs")
+    table.add_row(f"eps for {tr['target_fraction']:.0%} clipped", _threshold_text(tr["clip_range_for_target"]), "on these steps' ratios")
     table.add_row("reference-equivalent delta", f"{ref['delta']:.1e}", "UniRL's tau 1e-5 on bf16 means, as exact KL")
     table.add_row("reference-equivalent eps", f"{ref['clip_range']:.2e}",
                   f"binds at KL {ref['reference_clip_binds_at_kl']:.1e} here, as eps 1e-4 does at SD3.5's D")
