@@ -112,7 +112,9 @@ class AdvantageConfig(_Section):
 
 class AlgorithmConfig(_Section):
     name: Literal["dppo", "grpo"] = "dppo"
-    delta: float = Field(1e-5, gt=0, description="DPPO's per-step KL threshold (KL averaged over dimensions)")
+    delta: float = Field(
+        5e-6, gt=0, description="DPPO's per-step KL threshold (exact KL, mean over latent dimensions): the reference's tau"
+    )
     clip_range: float = Field(1e-4, gt=0, description="GRPO's ratio clip range")
     beta: float = Field(0.0, ge=0, description="weight of the exact KL to the base model")
     updates_per_batch: int = Field(1, ge=1)
