@@ -113,7 +113,7 @@ def summarize(run_dir: Path) -> dict:
         "mean_mask_or_clip_fraction": float(np.mean(s["mask_fraction"][train_rows])),
         "fraction_of_steps_with_mask_or_clip": float(np.mean(s["mask_fraction"][train_rows] > 0)),
         "update_kl_max_median": float(np.median(s["update/kl_max"][train_rows])),
-        "kl_old_new_median": float(np.median(s["kl/old_new"][train_rows])),
+        "kl_old_new_median": float(np.nanmedian(s["kl/old_new"][train_rows])),  # measured every diagnostics_every steps
         "ratio_abs_dev_median": float(np.median(np.maximum(1 - s["update/ratio_min"], s["update/ratio_max"] - 1)[train_rows])),
         "seconds_per_step": times,
         "trained_mean_curve": {str(at): probes[str(at)]["trained/mean"] for at in PROBE_STEPS},

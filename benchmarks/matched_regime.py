@@ -33,9 +33,9 @@ errors "not reproduced", anything else "inconclusive".
   4. stability: the gain lost under lr x3, and under 2 updates per batch (paired by seed), DPPO vs GRPO;
   5. per-objective budgets: the worst verifier objective's gain on the mixture, budget vs one global delta.
 
-    python benchmarks/matched_regime.py --jobs 2      # 39 runs: ~70 min on 2 free cores (estimate printed first)
-    python benchmarks/matched_regime.py --smoke       # 2 steps, seed 0, one setting per algorithm: a pipeline check
-    python benchmarks/matched_regime.py --table       # print the results JSON as markdown
+    python -m benchmarks.matched_regime --jobs 2      # 39 runs: ~70 min on 2 free cores (estimate printed first)
+    python -m benchmarks.matched_regime --smoke       # 2 steps, seed 0, one setting per algorithm: a pipeline check
+    python -m benchmarks.matched_regime --table       # print the results JSON as markdown
 
 A run whose metrics.jsonl reaches the last step is not run again (delete its folder to redo it). Each write keeps the
 numbers of the file it replaces under "history" (and, the first time, those of the unmatched comparison in
@@ -58,9 +58,9 @@ from statistics import NormalDist
 import numpy as np
 import torch
 import yaml
-from multi_objective import SUITE as MIXTURE_SUITE
-from multi_objective import WEIGHTINGS, reward_overrides
-from quickstart_runs import ROOT, finished, format_mean_std, machine, mean_std, run_plan
+from benchmarks.multi_objective import SUITE as MIXTURE_SUITE
+from benchmarks.multi_objective import WEIGHTINGS, reward_overrides
+from benchmarks.quickstart_runs import ROOT, finished, format_mean_std, machine, mean_std, run_plan, write_results
 
 from mogen.evaluation.runs import load_metrics
 
@@ -390,8 +390,7 @@ def main() -> None:
 
     def write(done: dict) -> dict:
         results = collect(args.work_dir, plan, args.seeds, args.steps, done, args.jobs, history)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        write_results(args.out, results)
         if results["per_setting"]:
             plot(results, args.out.with_suffix(".png"))
         return results
@@ -401,7 +400,7 @@ def main() -> None:
                      for n, s in jobs}, args.jobs, write)
     results = write(done)
     results["total_wall_seconds"] = round(time.perf_counter() - started, 1)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(args.out, results)
     print(table_markdown(results))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
 

@@ -158,12 +158,17 @@ def first_reach(steps: np.ndarray, curve: np.ndarray, target: float) -> int | No
 
 
 def training_curves(run_dir: Path, keys: tuple[str, ...] = ("reward/total", "kl/ref")) -> dict[str, np.ndarray]:
-    """Training steps 1..N and the trailing means of `keys` (rows without a training step, e.g. step 0, dropped)."""
+    """Training steps 1..N and the trailing means of `keys` (rows without a training step, e.g. step 0, dropped;
+    a key logged on a schedule is linearly interpolated between the steps that measured it)."""
     from mogen.evaluation.runs import load_metrics
 
     series = load_metrics(run_dir)
     rows = np.isfinite(series["reward/total"])
     out = {"step": series["step"][rows].astype(int)}
     for key in keys:
-        out[key] = trailing_mean(series[key][rows], WINDOW)
+        values = series[key][rows]
+        measured = np.isfinite(values)
+        if measured.any() and not measured.all():  # a diagnostic measured every few steps (kl/ref): interpolate
+            values = np.interp(out["step"], out["step"][measured], values[measured])
+        out[key] = trailing_mean(values, WINDOW)
     return out

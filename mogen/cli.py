@@ -103,3 +103,25 @@ def sample(
     out.parent.mkdir(parents=True, exist_ok=True)
     labelled_grid(images, list(prompt), num, scale=4).save(out)
     typer.echo(f"wrote {len(prompts)} images to {out}")
+
+
+@app.command("calibrate")
+def calibrate(
+    recipe: Path = typer.Option(..., "--recipe", "-r", help="Recipe YAML, e.g. recipes/quickstart.yaml."),
+    steps: int = typer.Option(5, "--steps", min=1, help="Run the recipe's first N steps (nothing is written)."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a field: --set algorithm.delta=1e-5 (repeatable)."),
+    target_mask: float = typer.Option(0.05, "--target-mask", help="Report the delta / eps that would stop this share of sample-steps."),
+    json_path: Path | None = typer.Option(None, "--json", help="Also write the report as JSON here."),
+) -> None:
+    """Pre-flight a recipe: on-policy check, the KL one step moves, where delta / eps bind, reward health."""
+    from rich.console import Console
+
+    from mogen.calibrate import calibrate as run_calibrate, render, write_json
+    from mogen.config import load_recipe
+
+    with user_errors():
+        report = run_calibrate(load_recipe(recipe, overrides), steps=steps, target=target_mask)
+        Console().print(render(report))
+        if json_path is not None:
+            write_json(report, json_path)
+            typer.echo(f"wrote {json_path}")

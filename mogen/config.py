@@ -115,7 +115,9 @@ class AdvantageConfig(_Section):
 
 class AlgorithmConfig(_Section):
     name: Literal["dppo", "grpo"] = "dppo"
-    delta: float = Field(1e-5, gt=0, description="DPPO's per-step KL threshold (KL averaged over dimensions)")
+    delta: float = Field(
+        5e-6, gt=0, description="DPPO's per-step KL threshold (exact KL, mean over latent dimensions): the reference's tau"
+    )
     clip_range: float = Field(1e-4, gt=0, description="GRPO's ratio clip range")
     beta: float = Field(0.0, ge=0, description="weight of the exact KL to the base model")
     updates_per_batch: int = Field(1, ge=1)
@@ -143,6 +145,9 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(25, ge=1)
     sample_every: int = Field(25, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
+    diagnostics_every: int = Field(
+        10, ge=1, description="measure kl/ref and kl/old_new (extra no-grad forwards) every N steps, and at the first and last"
+    )
     log_with: list[Literal["tensorboard", "wandb"]] = Field(default_factory=lambda: ["tensorboard"])
 
 

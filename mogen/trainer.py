@@ -7,6 +7,14 @@ Seed contract: every random draw of step N (prompts, trained steps, sampling noi
 generators seeded with (train.seed, N). A run is therefore reproducible from its recipe, and `--resume` from a
 checkpoint at step N continues exactly as the uninterrupted run would have (bit for bit on CPU).
 
+Diagnostics that need extra forwards (`kl/ref`, the base model's means; `kl/old_new`, the KL of the whole
+update) are measured at step 1, every `train.diagnostics_every` steps and at the last step; `kl/ref` at every
+step when the recipe needs it (beta > 0 or a `max_ref_kl` budget). Other steps omit those keys. `kl/one_step`
+comes free from the update's own forwards. None of this changes a random draw: the LoRA is the same either way.
+
+The per-step work (`collect_batch`, `update_policy`) is shared with `mogen calibrate`, so its numbers are the
+trainer's by construction.
+
 Data parallel (`accelerate launch`, see mogen.distributed): every process draws the same global batch and rolls
 out its slice; rewards are gathered, so advantages, logged rewards and the KL gates are those of the whole batch
 on every process. Probes, grids, checkpoints and the LoRA are computed by every process (an FSDP forward needs
@@ -18,6 +26,8 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,9 +47,10 @@ from mogen.models.loading import load_policy
 from mogen.objectives import Advantages, compute_advantages, ref_kl_gate
 from mogen.prompts import PromptSource
 from mogen.rewards import Objectives, Scores
-from mogen.rollout import choose_trained_steps, collect_rollout
+from mogen.models.contract import FlowPolicy
+from mogen.rollout import Rollout, choose_trained_steps, collect_rollout
 from mogen.samples import sample_grid
-from mogen.update import UpdateInputs, policy_update
+from mogen.update import UpdateInputs, Visit, policy_update
 
 
 @dataclass
@@ -83,28 +94,30 @@ class MetricsLog:
         self.accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=int(metrics["step"]))
 
 
-def align(recipe: Recipe, resume: bool = False) -> Path:
-    """Run the recipe; returns the run directory. See the module docstring for the loop."""
-    run_dir = Path(recipe.output_dir)
-    accelerator = Accelerator(
-        mixed_precision=recipe.train.mixed_precision,
-        log_with=recipe.train.log_with or None,
-        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tb")),
-    )
-    check_launch(accelerator)
-    device, main = accelerator.device, accelerator.is_main_process
-    batch_size = recipe.rollout.prompts_per_batch * recipe.rollout.group_size
-    shard = shard_of(batch_size, accelerator.num_processes, accelerator.process_index)
+@dataclass
+class Components:
+    """What a step needs, built from a recipe: the policy with its LoRA, the optimizer, objectives, prompts."""
 
-    # --- setup -------------------------------------------------------------------------------------------
-    checkpoints = list_checkpoints(run_dir)
-    if checkpoints and not resume:
-        raise FileExistsError(f"{run_dir} already holds checkpoints: pass --resume to continue it, or choose another output_dir")
-    resume_from = checkpoints[-1] if resume and checkpoints else None
-    accelerator.wait_for_everyone()  # every process has looked for checkpoints before the main one writes
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(recipe_to_yaml(recipe))
+    recipe: Recipe
+    accelerator: Accelerator
+    policy: FlowPolicy
+    trainable: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    objectives: Objectives
+    prompts: PromptSource
+    deltas: torch.Tensor  # (K,) per-objective DPPO thresholds
+    shard: slice  # this process's samples of the global batch
+
+    @property
+    def base_model(self) -> Callable[[], AbstractContextManager]:
+        """A context manager factory under which the policy acts as the base model (LoRA disabled)."""
+        transformer = self.accelerator.unwrap_model(self.policy.transformer)
+        return lambda: adapter_disabled(transformer)
+
+
+def build_components(recipe: Recipe, accelerator: Accelerator, resume_from: Path | None = None) -> Components:
+    """Load the model, attach LoRA (from a checkpoint's weights if resuming), prepare it with the optimizer."""
+    device = accelerator.device
     set_seed(recipe.train.seed)  # LoRA's initial A matrices come from the global RNG
     policy = load_policy(recipe.model, device=device, guidance_scale=recipe.sampler.guidance_scale)
     trainable = attach_lora(policy.transformer, recipe.lora)
@@ -118,7 +131,127 @@ def align(recipe: Recipe, resume: bool = False) -> Path:
     policy.transformer, optimizer = accelerator.prepare(policy.transformer, optimizer)
     trainable = [p for p in policy.transformer.parameters() if p.requires_grad]  # FSDP2 replaced them by their shards
     objectives = Objectives.build(recipe.rewards, device=device)
-    prompts = PromptSource.build(recipe.prompts)
+    batch_size = recipe.rollout.prompts_per_batch * recipe.rollout.group_size
+    return Components(
+        recipe, accelerator, policy, trainable, optimizer, objectives, PromptSource.build(recipe.prompts),
+        objectives.deltas(recipe.algorithm.delta, recipe.advantage.mode).to(device),
+        shard_of(batch_size, accelerator.num_processes, accelerator.process_index),
+    )
+
+
+def needs_ref_kl(recipe: Recipe) -> bool:
+    """The loss reads the KL to the base at every step: as a penalty (beta) or through a budget's gate."""
+    return recipe.algorithm.beta > 0 or any(r.max_ref_kl is not None for r in recipe.rewards)
+
+
+def is_diagnostic_step(recipe: Recipe, done: int) -> bool:
+    """Step 1, every `diagnostics_every` steps and the last: the steps that pay for kl/ref and kl/old_new."""
+    return done == 1 or done % recipe.train.diagnostics_every == 0 or done == recipe.train.steps
+
+
+@dataclass
+class Batch:
+    """One step's rollout, scores and update inputs, and the metrics known before the update."""
+
+    rollout: Rollout
+    scores: Scores
+    inputs: UpdateInputs
+    gens: StepGenerators
+    metrics: dict[str, float]
+
+
+def collect_batch(c: Components, step: int, measure_ref_kl: bool) -> Batch:
+    """Roll out the step's prompts, score them, and compute advantages and ref-KL gates (the whole batch)."""
+    recipe, accelerator, device = c.recipe, c.accelerator, c.accelerator.device
+    sampler, rollout_cfg = recipe.sampler, recipe.rollout
+    gens = step_generators(recipe.train.seed, step, device)
+    batch_prompts, group_ids = c.prompts.draw(rollout_cfg.prompts_per_batch, rollout_cfg.group_size, gens.numpy)
+
+    started = time.perf_counter()
+    c.policy.transformer.eval()
+    with accelerator.autocast():
+        rollout = collect_rollout(
+            c.policy, batch_prompts, torch.as_tensor(group_ids),
+            kind=sampler.kind, eta=sampler.eta, num_steps=sampler.num_steps, shift=sampler.shift,
+            trained_steps=choose_trained_steps(sampler.train_window, sampler.train_steps, gens.cpu),
+            generator=gens.device, device=device, base_policy=c.base_model if measure_ref_kl else None, shard=c.shard,
+        )
+    rollout_s = time.perf_counter() - started
+
+    started = time.perf_counter()
+    local_scores = c.objectives.score(rollout.images, rollout.prompts)
+    scores = Scores(local_scores.keys, gather_samples(local_scores.raw, accelerator, dim=1),
+                    gather_samples(local_scores.failed, accelerator))  # the whole batch, on every process
+    reward_s = time.perf_counter() - started
+    group_ids = torch.as_tensor(group_ids, device=device)
+    keep = ~scores.failed_groups(group_ids)
+    if not bool(keep.all()) and accelerator.is_main_process:
+        warnings.warn(f"step {step}: dropping {int((~keep).sum())} samples whose group has a failed reward")
+
+    metrics = {"step": step + 1, **scores.summary(c.objectives.weights)}
+    gates = torch.ones(len(c.objectives.keys), device=device)
+    if measure_ref_kl:
+        local_ref_kl = rollout.ref_kl()
+        ref_kl_sums = sum_over_processes(torch.stack([local_ref_kl.sum(), torch.tensor(float(local_ref_kl.numel()), device=device)]), accelerator)
+        ref_kl = ref_kl_sums[0] / ref_kl_sums[1]
+        gates = torch.stack([ref_kl_gate(ref_kl, budget) for budget in c.objectives.max_ref_kls]).to(device)
+        metrics["kl/ref"] = float(ref_kl)
+        metrics.update({f"gate/{k}": float(g) for k, g, b in zip(c.objectives.keys, gates, c.objectives.max_ref_kls) if b})
+    advantages = compute_advantages(
+        scores.filled(), c.objectives.weights.to(device), group_ids, recipe.advantage.mode,
+        recipe.advantage.std_floor, recipe.advantage.clip, recipe.advantage.std, ~torch.isnan(scores.raw) & keep,
+    )
+    advantages = Advantages(advantages.per_objective[:, c.shard], advantages.combined[c.shard])  # this process's samples
+    weights = c.objectives.weights.to(device) * gates if recipe.advantage.mode == "per_objective" else torch.ones(1, device=device)
+    inputs = UpdateInputs(advantages, keep, c.shard, weights, c.deltas, c.objectives.loss_keys(recipe.advantage.mode))
+    metrics.update({"time/rollout_s": rollout_s, "time/reward_s": reward_s})
+    return Batch(rollout, scores, inputs, gens, metrics)
+
+
+def update_policy(c: Components, batch: Batch, measure_kl_after: bool, visits: list[Visit] | None = None) -> dict[str, float]:
+    """The policy update on one batch; returns its metrics (kl/*, mask_fraction, update/*, time/train_s)."""
+    recipe = c.recipe
+    started = time.perf_counter()
+    c.policy.transformer.train()
+    stats = {}
+    if bool(batch.inputs.keep.any()):
+        stats = policy_update(
+            c.policy, c.trainable, c.optimizer, c.accelerator, batch.rollout, batch.inputs, recipe.algorithm,
+            recipe.sampler.kind, recipe.sampler.eta, recipe.train.grad_clip, batch.gens.cpu,
+            measure_kl_after=measure_kl_after, visits=visits,
+        )
+    metrics = {"mask_fraction": stats.pop("mask_fraction", 0.0)}
+    if "kl_after" in stats:
+        metrics["kl/old_new"] = stats.pop("kl_after")
+    if "kl_one_step" in stats:
+        metrics["kl/one_step"] = stats.pop("kl_one_step")
+    metrics.update({f"update/{k}": v for k, v in stats.items()})
+    metrics["time/train_s"] = time.perf_counter() - started
+    return metrics
+
+
+def align(recipe: Recipe, resume: bool = False) -> Path:
+    """Run the recipe; returns the run directory. See the module docstring for the loop."""
+    run_dir = Path(recipe.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=recipe.train.mixed_precision,
+        log_with=recipe.train.log_with or None,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tb")),
+    )
+    check_launch(accelerator)
+    main = accelerator.is_main_process
+
+    # --- setup -------------------------------------------------------------------------------------------
+    checkpoints = list_checkpoints(run_dir)
+    if checkpoints and not resume:
+        raise FileExistsError(f"{run_dir} already holds checkpoints: pass --resume to continue it, or choose another output_dir")
+    resume_from = checkpoints[-1] if resume and checkpoints else None
+    accelerator.wait_for_everyone()  # every process has looked for checkpoints before the main one writes
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(recipe_to_yaml(recipe))
+    c = build_components(recipe, accelerator, resume_from)
+    policy, optimizer = c.policy, c.optimizer
     start_step = 0
     if resume_from is not None:
         start_step = load_checkpoint_optimizer(resume_from, policy.transformer, optimizer)
@@ -127,9 +260,7 @@ def align(recipe: Recipe, resume: bool = False) -> Path:
     log = MetricsLog(run_dir / "metrics.jsonl", accelerator, start_step)
     probes = Probes.build(recipe.eval)
     probes.replay(log.logged())
-    transformer = accelerator.unwrap_model(policy.transformer)
-    sampler, rollout_cfg = recipe.sampler, recipe.rollout
-    deltas = objectives.deltas(recipe.algorithm.delta, recipe.advantage.mode).to(device)
+    shown_ref_kl = next((m["kl/ref"] for m in reversed(log.logged()) if "kl/ref" in m), float("nan"))
 
     # --- train -------------------------------------------------------------------------------------------
     if probes and start_step == 0:  # the base model's probe values: what later steps are compared against
@@ -138,66 +269,19 @@ def align(recipe: Recipe, resume: bool = False) -> Path:
         log.write(baseline)
     progress = tqdm(range(start_step, recipe.train.steps), initial=start_step, total=recipe.train.steps, desc="align", disable=not main)
     for step in progress:
-        gens = step_generators(recipe.train.seed, step, device)
-        batch_prompts, group_ids = prompts.draw(rollout_cfg.prompts_per_batch, rollout_cfg.group_size, gens.numpy)
-
-        started = time.perf_counter()
-        policy.transformer.eval()
-        with accelerator.autocast():
-            rollout = collect_rollout(
-                policy, batch_prompts, torch.as_tensor(group_ids),
-                kind=sampler.kind, eta=sampler.eta, num_steps=sampler.num_steps, shift=sampler.shift,
-                trained_steps=choose_trained_steps(sampler.train_window, sampler.train_steps, gens.cpu),
-                generator=gens.device, device=device, base_policy=lambda: adapter_disabled(transformer), shard=shard,
-            )
-        rollout_s = time.perf_counter() - started
-
-        started = time.perf_counter()
-        local_scores = objectives.score(rollout.images, rollout.prompts)
-        scores = Scores(local_scores.keys, gather_samples(local_scores.raw, accelerator, dim=1),
-                        gather_samples(local_scores.failed, accelerator))  # the whole batch, on every process
-        reward_s = time.perf_counter() - started
-        group_ids = torch.as_tensor(group_ids, device=device)
-        keep = ~scores.failed_groups(group_ids)
-        if not bool(keep.all()) and main:
-            warnings.warn(f"step {step}: dropping {int((~keep).sum())} samples whose group has a failed reward")
-
-        local_ref_kl = rollout.ref_kl()
-        ref_kl_sums = sum_over_processes(torch.stack([local_ref_kl.sum(), torch.tensor(float(local_ref_kl.numel()), device=device)]), accelerator)
-        ref_kl = ref_kl_sums[0] / ref_kl_sums[1]
-        advantages = compute_advantages(
-            scores.filled(), objectives.weights.to(device), group_ids, recipe.advantage.mode,
-            recipe.advantage.std_floor, recipe.advantage.clip, recipe.advantage.std, ~torch.isnan(scores.raw) & keep,
-        )
-        advantages = Advantages(advantages.per_objective[:, shard], advantages.combined[shard])  # this process's samples
-        gates = torch.stack([ref_kl_gate(ref_kl, budget) for budget in objectives.max_ref_kls]).to(device)
-        weights = objectives.weights.to(device) * gates if recipe.advantage.mode == "per_objective" else torch.ones(1, device=device)
-        inputs = UpdateInputs(advantages, keep, shard, weights, deltas, objectives.loss_keys(recipe.advantage.mode))
-
-        started = time.perf_counter()
-        policy.transformer.train()
-        update_stats = {}
-        if bool(keep.any()):
-            update_stats = policy_update(
-                policy, trainable, optimizer, accelerator, rollout, inputs, recipe.algorithm,
-                sampler.kind, sampler.eta, recipe.train.grad_clip, gens.cpu,
-            )
-        train_s = time.perf_counter() - started
-
-        metrics = {"step": step + 1, **scores.summary(objectives.weights), "kl/ref": float(ref_kl)}
-        metrics.update({f"gate/{k}": float(g) for k, g, b in zip(objectives.keys, gates, objectives.max_ref_kls) if b})
-        metrics.update({"kl/old_new": update_stats.pop("kl_after", 0.0), "mask_fraction": update_stats.pop("mask_fraction", 0.0)})
-        metrics.update({f"update/{k}": v for k, v in update_stats.items()})
-        metrics.update({"time/rollout_s": rollout_s, "time/reward_s": reward_s, "time/train_s": train_s})
         done = step + 1
+        diagnostic = is_diagnostic_step(recipe, done)
+        batch = collect_batch(c, step, measure_ref_kl=diagnostic or needs_ref_kl(recipe))
+        metrics = {**batch.metrics, **update_policy(c, batch, measure_kl_after=diagnostic)}
         if probes and done % recipe.eval.every == 0:
             metrics.update(probes.run(policy))
         probes.check(metrics)
         log.write(metrics)
-        progress.set_postfix(reward=f"{metrics['reward/total']:.3f}", kl_ref=f"{ref_kl:.2e}", mask=f"{metrics['mask_fraction']:.2f}")
+        shown_ref_kl = metrics.get("kl/ref", shown_ref_kl)
+        progress.set_postfix(reward=f"{metrics['reward/total']:.3f}", kl_ref=f"{shown_ref_kl:.2e}", mask=f"{metrics['mask_fraction']:.1%}")
 
         if done % recipe.train.sample_every == 0 or done == recipe.train.steps:
-            grid = sample_grid(policy, prompts.eval_prompts(), sampler, recipe.train.seed)
+            grid = sample_grid(policy, c.prompts.eval_prompts(), recipe.sampler, recipe.train.seed)
             if main:
                 (run_dir / "samples").mkdir(exist_ok=True)
                 grid.save(run_dir / "samples" / f"step-{done}.png")

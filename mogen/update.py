@@ -12,6 +12,10 @@ For each pass over the batch (`updates_per_batch`), for each minibatch, for each
 
 The gradient of the step losses (averaged over steps) is accumulated, clipped and applied once per minibatch.
 
+Diagnostics come from these forwards where they can: a minibatch trained after the first optimizer step sees
+a moved policy, so its exact `kl` is the KL one optimizer step moved (`kl_one_step`, free). The KL of the whole
+update (`kl_after`) needs one more forward per trained step, so it is measured only when asked for.
+
 Data parallel: each process splits its own samples into the minibatches, and its loss is scaled by
 n_process * processes / n_minibatch, so that the gradient the engine averages over processes is exactly the
 gradient of the mean loss over the whole minibatch, however unevenly dropped groups left the processes.
@@ -47,6 +51,17 @@ class UpdateInputs:
     objective_keys: list[str]
 
 
+@dataclass
+class Visit:
+    """One trained step of one minibatch as the update saw it (detached float32, for `mogen calibrate`)."""
+
+    samples: torch.Tensor  # (n,) this process's sample indices of the rollout
+    step: int  # which trained step s
+    optimizer_steps: int  # optimizer steps taken in this update before this forward (0: the rollout's policy)
+    log_ratio: torch.Tensor  # (n,) log r = log_prob - log_prob_old
+    kl: torch.Tensor  # (n,) exact KL(pi_theta || pi_old), mean over latent dims
+
+
 def policy_update(
     policy: FlowPolicy,
     trainable: list[torch.nn.Parameter],
@@ -59,14 +74,21 @@ def policy_update(
     eta: float,
     grad_clip: float | None,
     generator: torch.Generator,
+    measure_kl_after: bool = True,
+    visits: list[Visit] | None = None,
 ) -> dict[str, float]:
-    """Run `updates_per_batch` passes of minibatch gradient steps on one rollout; returns logged statistics."""
+    """Run `updates_per_batch` passes of minibatch gradient steps on one rollout; returns logged statistics.
+
+    `measure_kl_after`: also measure `kl_after` (one no-grad forward per trained step). `visits`: if a list is
+    given, every trained step of every minibatch is appended to it as a `Visit`.
+    """
     step_kernel = STEP_KERNELS[kind]
     num_steps = rollout.log_probs.shape[1]
     processes = accelerator.num_processes
     kept = torch.nonzero(inputs.keep[inputs.shard].cpu()).flatten()
     global_sizes = minibatch_sizes(inputs.keep, processes, algorithm.minibatches)
     stats_log = UpdateStats()
+    optimizer_steps = 0
 
     for _ in range(algorithm.updates_per_batch):
         order = kept[torch.randperm(len(kept), generator=generator)]
@@ -91,6 +113,11 @@ def policy_update(
                     new = step_kernel(velocity, x, t, t_next, eta, prev_sample=rollout.next_latents[minibatch, s])
                     old_log_prob = rollout.log_probs[minibatch, s]
                     kl = gaussian_kl(new.mean, rollout.means[minibatch, s], std)
+                    if optimizer_steps == 1:
+                        stats_log.add("kl_one_step", kl.detach().mean(), weight)
+                    if visits is not None and weight > 0:
+                        log_ratio = (new.log_prob.float() - old_log_prob.float()).detach()
+                        visits.append(Visit(minibatch, s, optimizer_steps, log_ratio, kl.detach()))
                     if algorithm.name == "dppo":
                         loss, stats = multi_objective_dppo_loss(
                             new.log_prob, old_log_prob, kl, inputs.advantages.per_objective[:, minibatch],
@@ -119,9 +146,11 @@ def policy_update(
                     grad_norm = grad_norm.full_tensor()
                 stats_log.add("grad_norm", grad_norm.detach().float(), 1.0)
             optimizer.step()
+            optimizer_steps += 1
 
     summary = stats_log.summary(accelerator)
-    summary["kl_after"] = float(kl_to_rollout_policy(policy, accelerator, rollout, kept, kind, eta))
+    if measure_kl_after:
+        summary["kl_after"] = float(kl_to_rollout_policy(policy, accelerator, rollout, kept, kind, eta))
     return summary
 
 
@@ -136,25 +165,34 @@ def minibatch_sizes(keep: torch.Tensor, processes: int, minibatches: int) -> lis
 
 
 @torch.no_grad()
+def moved_from_rollout(
+    policy: FlowPolicy, accelerator: Accelerator, rollout: Rollout, samples: torch.Tensor, kind: str, eta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Under the current parameters, per sample and trained step (n, S): the exact KL(pi_theta || pi_old) and the
+    log-ratio log r of the action the rollout took. One no-grad forward per trained step."""
+    step_kernel = STEP_KERNELS[kind]
+    cond = index_cond(rollout.cond, samples)
+    kls, log_ratios = [], []
+    for s in range(rollout.log_probs.shape[1]):
+        x, t = rollout.latents[samples, s], rollout.t[s]
+        with accelerator.autocast():
+            velocity = policy.velocity(x, t.expand(len(samples)), cond)
+        new = step_kernel(velocity, x, t, rollout.t_next[s], eta, prev_sample=rollout.next_latents[samples, s])
+        kls.append(gaussian_kl(new.mean, rollout.means[samples, s], rollout.stds[s]))
+        log_ratios.append(new.log_prob.float() - rollout.log_probs[samples, s])
+    return torch.stack(kls, dim=1), torch.stack(log_ratios, dim=1)
+
+
 def kl_to_rollout_policy(
     policy: FlowPolicy, accelerator: Accelerator, rollout: Rollout, samples: torch.Tensor, kind: str, eta: float
 ) -> torch.Tensor:
     """Mean exact KL(pi_theta || pi_old) over the given samples (of every process) and trained steps: how far
     this update moved. One forward per trained step; it is what `delta` (and a GRPO clip range) should be
     calibrated against."""
-    step_kernel = STEP_KERNELS[kind]
     weight = 1.0 if len(samples) else 0.0  # a process without samples still joins the forwards (FSDP gathers)
     samples = (samples if len(samples) else torch.zeros(1, dtype=torch.long)).to(rollout.log_probs.device)
-    cond = index_cond(rollout.cond, samples)
-    kl_sum = torch.zeros((), device=rollout.log_probs.device)
-    for s in range(rollout.log_probs.shape[1]):
-        x, t = rollout.latents[samples, s], rollout.t[s]
-        with accelerator.autocast():
-            velocity = policy.velocity(x, t.expand(len(samples)), cond)
-        mean = step_kernel(velocity, x, t, rollout.t_next[s], eta, prev_sample=rollout.next_latents[samples, s]).mean
-        kl_sum = kl_sum + weight * gaussian_kl(mean, rollout.means[samples, s], rollout.stds[s]).sum()
-    count = torch.tensor(weight * len(samples) * rollout.log_probs.shape[1], device=kl_sum.device)
-    totals = sum_over_processes(torch.stack([kl_sum, count]), accelerator)
+    kl, _ = moved_from_rollout(policy, accelerator, rollout, samples, kind, eta)
+    totals = sum_over_processes(torch.stack([weight * kl.sum(), torch.tensor(weight * kl.numel(), device=kl.device)]), accelerator)
     return totals[0] / totals[1]
 
 

@@ -1,5 +1,7 @@
 """The small analysis functions of benchmarks/ (steps to reach a reward, smoothing) on synthetic curves."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -37,7 +39,7 @@ def test_trailing_mean_of_a_constant_is_the_constant(window):
 
 
 # --- benchmarks/matched_regime.py: the matched clip range and the claims' verdicts ---------------------------------
-from matched_regime import (  # noqa: E402
+from benchmarks.matched_regime import (  # noqa: E402
     D_SD35,
     D_TINY,
     EPS_MATCHED,
@@ -156,3 +158,19 @@ def test_claims_are_inconclusive_with_missing_runs_or_one_seed():
     result = claims(runs, per_setting(runs, variants()))
     assert {c["verdict"] for c in result.values()} == {"inconclusive"}
     assert claims({}, {})["budget_keeps_worst_objective"]["why"] == "missing runs"
+
+
+def test_training_curves_interpolate_a_diagnostic_logged_on_a_schedule(tmp_path: Path):
+    """kl/ref is measured at steps 1, 10, 20, ... (train.diagnostics_every): between them the curve is the line
+    through the measurements, so a linear kl/ref gives the same trailing mean as if it were logged every step."""
+    import json
+
+    from benchmarks.quickstart_runs import WINDOW, training_curves
+
+    rows = [{"step": 0, "probe/x": 0.5}]
+    rows += [{"step": s, "reward/total": 1.0, **({"kl/ref": 1e-4 * s} if s == 1 or s % 10 == 0 else {})} for s in range(1, 41)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    curves = training_curves(tmp_path)
+    assert curves["step"].tolist() == list(range(1, 41))
+    expected = trailing_mean(1e-4 * np.arange(1, 41), WINDOW)
+    np.testing.assert_allclose(curves["kl/ref"][WINDOW - 1:], expected[WINDOW - 1:], rtol=1e-9)

@@ -171,3 +171,32 @@ def test_gradient_checkpointing_gives_the_same_update(tmp_path: Path, tiny_model
         loras.append(load_file(str(align(recipe) / "lora" / "adapter.safetensors")))
     assert all(torch.allclose(loras[0][k], loras[1][k], atol=1e-7) for k in loras[0])
     assert any((v != 0).any() for k, v in loras[1].items() if "lora_B" in k)
+
+
+def test_diagnostics_follow_their_schedule_and_change_no_bit(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """kl/ref and kl/old_new cost extra forwards: measured at step 1, every N steps and the last step, omitted (not a
+    fake 0) otherwise. Measuring draws nothing random, so the run is the same bits either way."""
+    path = _recipe_file(tmp_path, tiny_model_dir)
+    runs = {}
+    for every in (1, 3):
+        recipe = load_recipe(path, ["train.steps=4", f"train.diagnostics_every={every}", "algorithm.minibatches=2",
+                                    f"output_dir={tmp_path / str(every)}"])
+        run = align(recipe)
+        metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        runs[every] = metrics, load_file(str(run / "lora" / "adapter.safetensors"))
+    (dense, dense_lora), (sparse, sparse_lora) = runs[1], runs[3]
+    assert [("kl/ref" in m, "kl/old_new" in m) for m in sparse] == [(True, True), (False, False), (True, True), (True, True)]
+    assert all(("kl/ref" in m) and ("kl/old_new" in m) for m in dense)
+    assert all(m["kl/one_step"] > 0 for m in sparse)  # free: the second minibatch's forward sees a moved policy
+    for full, thin in zip(dense, sparse):
+        assert {k: v for k, v in thin.items() if not k.startswith("time/")} == {
+            k: full[k] for k in thin if not k.startswith("time/")}
+    assert all(torch.equal(dense_lora[k], sparse_lora[k]) for k in dense_lora)
+
+
+def test_a_ref_kl_budget_measures_kl_ref_at_every_step(tmp_path: Path, tiny_model_dir: Path) -> None:
+    path = _recipe_file(tmp_path, tiny_model_dir)
+    recipe = load_recipe(path, ["train.steps=3", "train.diagnostics_every=10", "rewards.1.max_ref_kl=1e-3"])
+    metrics = [json.loads(line) for line in (align(recipe) / "metrics.jsonl").read_text().splitlines()]
+    assert all("kl/ref" in m and "gate/vivid" in m for m in metrics)  # the gate needs it at every step
+    assert ["kl/old_new" in m for m in metrics] == [True, False, True]
