@@ -320,8 +320,7 @@ def plot(results: dict, path: Path) -> None:
     fig, (left, middle, right) = plt.subplots(1, 3, figsize=(17, 5))
     table = results["per_setting"]
     for i, algorithm in enumerate(("dppo", "grpo")):
-        points = sorted((v for v in table.values() if v["group"] == "frontier" and v["algorithm"] == algorithm),
-                        key=lambda v: v["kl_base_end"]["mean"])
+        points = [v for v in table.values() if v["group"] == "frontier" and v["algorithm"] == algorithm]
         for ax, (x, y) in ((left, ("kl_base_end", "trained_mean_gain")), (middle, ("trained_mean_gain", "heldout_color_change"))):
             ordered = sorted(points, key=lambda v: v[x]["mean"])
             ax.errorbar([v[x]["mean"] for v in ordered], [v[y]["mean"] for v in ordered], yerr=[v[y]["std"] or 0.0 for v in ordered],
@@ -331,6 +330,7 @@ def plot(results: dict, path: Path) -> None:
     left.set(xlabel="KL to base at the end (probe kl_base/kl)", ylabel="trained probe gain (mean of count, shape, position)",
              title="Frontier: reward vs KL (label: delta or eps)")
     middle.set(xlabel="trained probe gain", ylabel="held-out colour change", title="Forgetting vs reward")
+    left.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
     others = [n for n, v in table.items() if v["group"] != "frontier"]
     key = {n: "worst_gain" if table[n]["group"] == "mixture" else "trained_mean_gain" for n in others}
     right.bar(range(len(others)), [table[n][key[n]]["mean"] for n in others], yerr=[table[n][key[n]]["std"] or 0.0 for n in others],
