@@ -60,7 +60,7 @@ import torch
 import yaml
 from multi_objective import SUITE as MIXTURE_SUITE
 from multi_objective import WEIGHTINGS, reward_overrides
-from quickstart_runs import ROOT, finished, format_mean_std, machine, mean_std, run_plan
+from quickstart_runs import BASE_OVERRIDES, ROOT, finished, format_mean_std, machine, mean_std, run_plan
 
 from mogen.evaluation.runs import load_metrics
 
@@ -72,6 +72,16 @@ REFERENCE_DELTA = yaml.safe_load((ROOT / "recipes" / "sd35" / "_dppo.yaml").read
 SECONDS_PER_RUN = 205.0  # measured: 199-218 s per 100-step run with --jobs 2 (multi_objective.json, multi_epoch.json)
 TWO_PASS_FACTOR = 1.36  # measured: 2 updates per batch, 264-283 s (multi_epoch.json)
 TRAINED, MIX_TRAINED = ("count", "shape", "position"), ("count", "position")
+NOTES = [
+    "trained_mean_gain: mean over the verifier objectives (count, shape, position; mixture: count, position) of the ODE"
+    " probe at the last step minus step 0; worst_gain: the smallest of those changes (raw verifier accuracy).",
+    "kl_base_end: probe kl_base/kl at the last step (exact per-step KL to the base on held-out prompts).",
+    "verdicts: DPPO - GRPO (budget - global for the mixture) beyond 2 standard errors over seeds in DPPO's favour ="
+    " reproduced, against it = not reproduced, else inconclusive. Frontiers: each setting's mean over seeds, joined"
+    " in x order, compared on 5 points of the common x range; their standard error from the settings' seed spreads.",
+    "stability: the change of trained_mean_gain from the matched setting to its stressed twin, paired by seed.",
+    "advantages: the quickstart's (per objective, group std, clip 5) for both algorithms.",
+]
 
 
 def clip_fraction(kl: float, eps: float, d: int) -> float:
@@ -296,7 +306,8 @@ def collect(work_dir: Path, plan: dict[str, dict], seeds: list[int], steps: int,
     table = per_setting(runs, plan)
     return relative({
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "recipe": "recipes/quickstart.yaml", "steps": steps, "seeds": seeds, "machine": machine(jobs),
+        "recipe": "recipes/quickstart.yaml", "base_overrides": [*BASE_OVERRIDES, *step_overrides(steps)], "steps": steps,
+        "seeds": seeds, "machine": machine(jobs), "notes": NOTES,
         "regime": {"d_tiny": D_TINY, "d_sd35": D_SD35, "eps_reference": EPS_REFERENCE,
                    "binding_kl_reference": binding_kl(EPS_REFERENCE, D_SD35), "eps_matched": EPS_MATCHED,
                    "binding_kl_matched": binding_kl(EPS_MATCHED, D_TINY), "delta_matched": REFERENCE_DELTA,
