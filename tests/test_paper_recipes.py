@@ -80,7 +80,11 @@ def test_every_published_value_names_its_source() -> None:
     assert "unirl/train/stack.py" in (RECIPES / "sd35" / "_dppo.yaml").read_text()
 
 
-@pytest.mark.parametrize(("recipe_name", "save"), [("sd35/ocr_dppo.yaml", save_sd3_pipeline), ("flux/multi_grpo.yaml", save_flux_pipeline)])
+@pytest.mark.parametrize(("recipe_name", "save"), [
+    ("sd35/ocr_dppo.yaml", save_sd3_pipeline),
+    ("sd35/ocr_grpo.yaml", save_sd3_pipeline),  # CFG 4.5, 9 trained steps, a KL penalty to the base
+    ("flux/multi_grpo.yaml", save_flux_pipeline),  # LoRA on the feed-forward layers too
+])
 def test_paper_recipe_trains_on_a_tiny_pipeline(tmp_path: Path, recipe_name: str, save) -> None:
     """The recipe as published, with the model path, size and cost overridden: a real step of its algorithm."""
     model = save(tmp_path / "pipeline")
@@ -95,4 +99,5 @@ def test_paper_recipe_trains_on_a_tiny_pipeline(tmp_path: Path, recipe_name: str
     assert metrics["update/ratio_min"] <= 1.0 <= metrics["update/ratio_max"]
     assert metrics["update/ratio_max"] > metrics["update/ratio_min"]
     assert metrics["kl/old_new"] > 0
+    assert ("update/kl_ref_penalty" in metrics) == (recipe.algorithm.beta > 0)  # the base's means were recorded and used
     assert (run / "lora" / "pytorch_lora_weights.safetensors").is_file()
