@@ -68,8 +68,10 @@ def align(
 
 
 from reward_zoo.cli import app as rewards_app  # noqa: E402  (the `mogen rewards` command group)
+from reward_zoo.cli import serve_reward_command  # noqa: E402
 
 app.add_typer(rewards_app, name="rewards")
+app.command("serve-reward")(serve_reward_command)
 
 
 @app.command("export")
