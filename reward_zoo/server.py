@@ -51,6 +51,10 @@ def check_exposure(host: str, allow_remote: bool, token: str | None) -> None:
         raise ValueError(f"--host {host} with --allow-remote needs a bearer token: --token-env VAR with VAR set")
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:300]
+
+
 @dataclass
 class _Job:
     images: torch.Tensor
@@ -131,6 +135,7 @@ class RewardServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: RewardServer
     protocol_version = "HTTP/1.1"  # keep-alive: the client reuses its connection between steps
+    timeout = 60  # seconds a socket read may wait: a stalled client cannot hold a thread forever
 
     def _send(self, status: int, body: dict[str, Any]) -> None:
         data = json.dumps(body, allow_nan=False).encode()
@@ -173,11 +178,11 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             images, prompts, metadata = decode_request(json.loads(self.rfile.read(int(length))), self.server.scorer.scorer.device)
         except ValueError as error:  # json.JSONDecodeError is a ValueError
-            return self._send(400, {"error": str(error).splitlines()[0]})
+            return self._send(400, {"error": _one_line(str(error))})
         try:
             result = self.server.scorer(images, prompts, metadata)
         except Exception as error:  # noqa: BLE001 - the client retries, then fails these samples
-            return self._send(500, {"error": f"{type(error).__name__}: {error}".splitlines()[0]})
+            return self._send(500, {"error": _one_line(f"{type(error).__name__}: {error}")})
         self._send(200, encode_result(self.server.health["reward"], result))
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:

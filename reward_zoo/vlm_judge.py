@@ -115,8 +115,11 @@ class VLMJudge(Scorer):
             top = [(str(t["token"]), float(t["logprob"])) for t in first["top_logprobs"]]
         except (KeyError, IndexError, TypeError, ValueError):
             raise ValueError("no choices[0].logprobs.content[0].top_logprobs in the answer (does the server support logprobs?)") from None
-        p_yes = sum(math.exp(lp) for t, lp in top if t.strip().lower() == "yes")
-        p_no = sum(math.exp(lp) for t, lp in top if t.strip().lower() == "no")
+        answers = [(t.strip().lower(), lp) for t, lp in top if t.strip().lower() in ("yes", "no")]
+        if not all(math.isfinite(lp) or lp == -math.inf for _, lp in answers):
+            raise ValueError(f"non-finite log-prob for yes/no in the answer: {answers}")
+        p_yes = sum(math.exp(lp) for t, lp in answers if t == "yes")
+        p_no = sum(math.exp(lp) for t, lp in answers if t == "no")
         if not p_yes + p_no > 0:
             raise ValueError(f"neither yes nor no among the top {len(top)} first tokens (first token {first.get('token')!r})")
         return p_yes, p_no, str(first.get("token", ""))

@@ -79,9 +79,10 @@ class Server:
         return self._url
 
     def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within 20 s (a torch process takes seconds to tear down)."""
         self.process.terminate()
         try:
-            self.process.wait(timeout=10)
+            self.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=10)
@@ -94,9 +95,10 @@ def vlm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_vlm(tmp_path_factory.mktemp("vlm") / "tiny-qwen2-vl")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", autouse=True)
 def servers(tmp_path_factory: pytest.TempPathFactory, vlm_dir: Path):
-    """Every server process of this module, started at once (their imports overlap) and stopped at the end."""
+    """Every server process of this module, started at once when the module starts (they boot while the scripted
+    tests run) and stopped at its end."""
     logs = tmp_path_factory.mktemp("logs")
     env = {**os.environ, TOKEN_ENV: "sekrit-token"}
     started = {
@@ -107,42 +109,12 @@ def servers(tmp_path_factory: pytest.TempPathFactory, vlm_dir: Path):
     }
     yield started
     for server in started.values():
+        server.process.terminate()  # all at once: their teardowns overlap
+    for server in started.values():
         server.stop()
 
 
-# --- mogen serve-reward + remote ----------------------------------------------------------------------
-
-
-def test_remote_compressibility_equals_in_process(servers):
-    url = servers["compressibility"].url()
-    health = httpx.get(f"{url}/health").json()
-    assert health["reward"] == "compressibility" and health["protocol"] == 1 and health["kwargs"] == {}
-    assert health["weights_present"] and health["device"] == "cpu" and health["higher_is_better"]
-    remote = reward_zoo.get("remote", url=url, reward="compressibility", batch_size=3)  # two requests: 3 + 1 images
-    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))  # any floats: both quantise to 8 bits
-    got, expected = remote(images, PROMPTS), reward_zoo.get("compressibility")(images, PROMPTS)
-    assert torch.equal(got.scores, expected.scores) and torch.equal(got.details["jpeg_kb"], expected.details["jpeg_kb"])
-    assert not got.failed.any() and remote.higher_is_better
-
-
-def test_remote_vivid_with_token_equals_in_process(servers, monkeypatch):
-    url = servers["vivid"].url()
-    with pytest.raises(ScorerConfigError, match=rf"no usable server at {url}/health \(HTTP 401: missing or wrong bearer token"):
-        reward_zoo.get("remote", url=url)
-    monkeypatch.setenv(TOKEN_ENV, "sekrit-token")
-    with pytest.raises(ScorerConfigError, match=r"serves 'vivid', the recipe expects 'compressibility'"):
-        reward_zoo.get("remote", url=url, reward="compressibility", token_env=TOKEN_ENV)
-    remote = reward_zoo.get("remote", url=url, reward="vivid", token_env=TOKEN_ENV)
-    assert remote.served["kwargs"] == {"contrast_weight": 0.25}
-    images = _images()
-    got, expected = remote(images, PROMPTS), reward_zoo.get("vivid", contrast_weight=0.25)(images, PROMPTS)
-    assert torch.equal(got.scores, expected.scores)
-    assert got.details.keys() == expected.details.keys() and all(torch.equal(got.details[k], expected.details[k]) for k in got.details)
-    # Over --max-request-mb (0.05 MB): the server refuses with 413 and those samples fail; the scorer does not raise.
-    big = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(2))
-    refused = remote(big)
-    assert refused.failed.all() and "HTTP 413" in refused.errors[0] and "exceeds the limit" in refused.errors[0]
-
+# --- in-process parts of the server, its command line ------------------------------------------------
 
 def test_concurrent_requests_are_merged_into_one_batch():
     """While the worker scores one request, the requests queued behind it are scored together and split back."""
@@ -182,57 +154,6 @@ def test_serve_reward_refuses_an_open_bind_and_a_busy_port():
         result = runner.invoke(app, ["serve-reward", "compressibility", "--port", str(busy.getsockname()[1])])
     assert result.exit_code == 2 and result.stderr.startswith("error: cannot listen on 127.0.0.1:")
     assert len(result.stderr.strip().splitlines()) == 1
-
-
-# --- vlm_judge against a real VLM behind the OpenAI API -------------------------------------------------
-
-
-def _in_process_yes_no(model_dir: Path, images: torch.Tensor, prompts: list[str], top_k: int | None) -> tuple[torch.Tensor, ...]:
-    """P(yes)/(P(yes)+P(no)) from the model's first-token distribution, computed here without any server.
-
-    P(yes) sums the probabilities of every token that reads "yes" once stripped and lower-cased (Yes, " yes", ...),
-    restricted to the top_k most likely tokens when given (what a server returning top_logprobs=k shows).
-    """
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    processor = AutoProcessor.from_pretrained(model_dir, use_fast=True)
-    model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
-    words = [processor.tokenizer.decode([i]).strip().lower() for i in range(len(processor.tokenizer))]
-    p_yes, p_no = [], []
-    for image, prompt in zip(to_pil(images), prompts):
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": TEMPLATE.replace("{prompt}", prompt)}]}]
-        text = processor.apply_chat_template(messages, add_generation_prompt=True)
-        with torch.no_grad():
-            logits = model(**processor(text=[text], images=[image], return_tensors="pt")).logits[0, -1].float()
-        probs = logits.softmax(-1)
-        shown = set(torch.topk(probs, top_k).indices.tolist()) if top_k else set(range(len(probs)))
-        p_yes.append(sum(float(probs[i]) for i in shown if words[i] == "yes"))
-        p_no.append(sum(float(probs[i]) for i in shown if words[i] == "no"))
-    p_yes, p_no = torch.tensor(p_yes), torch.tensor(p_no)
-    return p_yes / (p_yes + p_no), p_yes, p_no
-
-
-def test_vlm_judge_equals_the_model_in_process(servers, vlm_dir):
-    url = servers["vlm"].url()
-    vocab = 320  # every token's log-prob is returned: the score is exact, not a top-k approximation
-    judge = reward_zoo.get("vlm_judge", url=f"{url}/v1", template=TEMPLATE, top_logprobs=vocab, concurrency=4)
-    assert judge.model == "tiny-qwen2-vl"  # the first model /v1/models lists
-    images = _images()
-    result = judge(images, PROMPTS)
-    expected, p_yes, p_no = _in_process_yes_no(vlm_dir, images, PROMPTS, top_k=None)
-    assert not result.failed.any()
-    torch.testing.assert_close(result.scores, expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(result.details["p_yes"], p_yes, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(result.details["p_no"], p_no, rtol=1e-5, atol=1e-7)
-    assert result.scores[0] != result.scores[1]  # the image and the prompt reach the model
-
-    # With the usual top_logprobs (20), only the tokens the server shows count; where neither answer is shown the
-    # sample fails rather than scoring a made-up 0.5.
-    top = reward_zoo.get("vlm_judge", url=url, template=TEMPLATE, top_logprobs=20)(images, PROMPTS)
-    expected_top, *_ = _in_process_yes_no(vlm_dir, images, PROMPTS, top_k=20)
-    assert torch.equal(top.failed, torch.isnan(expected_top))
-    torch.testing.assert_close(top.scores[~top.failed], expected_top[~top.failed], rtol=1e-5, atol=1e-6)
-    assert all("neither yes nor no among the top 20" in top.errors[i] for i in torch.nonzero(top.failed).flatten().tolist())
 
 
 # --- faults, from a scripted server ---------------------------------------------------------------------
@@ -301,11 +222,15 @@ def test_judge_reads_yes_no_variants_and_numbers(scripted, monkeypatch):
     judge = reward_zoo.get("vlm_judge", url=scripted.url, api_key_env="JUDGE_KEY", template="Is it {prompt}?")
     result = judge(_images(2), ["a cat", "a dog"])
     torch.testing.assert_close(result.scores, torch.full((2,), 0.6 / 0.9))
+    torch.testing.assert_close(result.details["p_yes"], torch.full((2,), 0.6))
     path, body, auth = scripted.requests[0]
     assert path == "/v1/chat/completions" and auth == "Bearer k-123" and body["model"] == "scripted-judge"
     assert body["logprobs"] is True and body["top_logprobs"] == 20 and body["max_tokens"] == 1
     assert body["messages"][0]["content"][0]["image_url"]["url"].startswith("data:image/png;base64,")
     assert sorted(b["messages"][0]["content"][1]["text"] for _, b, _ in scripted.requests) == ["Is it a cat?", "Is it a dog?"]
+    scripted.reply = lambda path, body: (200, _chat({"Maybe": 0.6, "Perhaps": 0.3}), 0.0)
+    neither = judge(_images(1), ["a cat"])
+    assert neither.failed.all() and "neither yes nor no among the top 2 first tokens (first token 'Maybe')" in neither.errors[0]
     monkeypatch.delenv("JUDGE_KEY")
     with pytest.raises(ScorerConfigError, match="environment variable JUDGE_KEY \\(named by api_key_env\\) is not set"):
         reward_zoo.get("vlm_judge", url=scripted.url, api_key_env="JUDGE_KEY")
@@ -383,7 +308,8 @@ def test_wrong_answers_fail_the_samples(scripted):
 
     judge = reward_zoo.get("vlm_judge", url=scripted.url)
     scripted.reply = lambda path, body: (200, _chat({"Yes": 0.5, "No": 0.5}, logprob_value=float("nan")), 0.0)
-    assert judge(_images(1), ["a"]).failed.all()
+    nan_logprobs = judge(_images(1), ["a"])
+    assert nan_logprobs.failed.all() and "non-finite log-prob for yes/no" in nan_logprobs.errors[0]
     scripted.reply = lambda path, body: (200, _chat(content="Yes"), 0.0)  # a server without logprobs support
     no_logprobs = judge(_images(1), ["a"])
     assert no_logprobs.failed.all() and "does the server support logprobs?" in no_logprobs.errors[0]
@@ -396,6 +322,91 @@ def test_a_server_that_dies_mid_run_fails_samples(scripted):
     scripted.stop()
     gone = remote(_images(1))
     assert gone.failed.all() and "connection refused" in gone.errors[0]
+
+
+# --- mogen serve-reward + remote ----------------------------------------------------------------------
+
+
+def test_remote_compressibility_equals_in_process(servers):
+    url = servers["compressibility"].url()
+    health = httpx.get(f"{url}/health").json()
+    assert health["reward"] == "compressibility" and health["protocol"] == 1 and health["kwargs"] == {}
+    assert health["weights_present"] and health["device"] == "cpu" and health["higher_is_better"]
+    remote = reward_zoo.get("remote", url=url, reward="compressibility", batch_size=3)  # two requests: 3 + 1 images
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))  # any floats: both quantise to 8 bits
+    got, expected = remote(images, PROMPTS), reward_zoo.get("compressibility")(images, PROMPTS)
+    assert torch.equal(got.scores, expected.scores) and torch.equal(got.details["jpeg_kb"], expected.details["jpeg_kb"])
+    assert not got.failed.any() and remote.higher_is_better
+
+
+def test_remote_vivid_with_token_equals_in_process(servers, monkeypatch):
+    url = servers["vivid"].url()
+    with pytest.raises(ScorerConfigError, match=rf"no usable server at {url}/health \(HTTP 401: missing or wrong bearer token"):
+        reward_zoo.get("remote", url=url)
+    monkeypatch.setenv(TOKEN_ENV, "sekrit-token")
+    with pytest.raises(ScorerConfigError, match=r"serves 'vivid', the recipe expects 'compressibility'"):
+        reward_zoo.get("remote", url=url, reward="compressibility", token_env=TOKEN_ENV)
+    remote = reward_zoo.get("remote", url=url, reward="vivid", token_env=TOKEN_ENV)
+    assert remote.served["kwargs"] == {"contrast_weight": 0.25}
+    images = _images()
+    got, expected = remote(images, PROMPTS), reward_zoo.get("vivid", contrast_weight=0.25)(images, PROMPTS)
+    assert torch.equal(got.scores, expected.scores)
+    assert got.details.keys() == expected.details.keys() and all(torch.equal(got.details[k], expected.details[k]) for k in got.details)
+    # Over --max-request-mb (0.05 MB): the server refuses with 413 and those samples fail; the scorer does not raise.
+    big = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    refused = remote(big)
+    assert refused.failed.all() and "HTTP 413" in refused.errors[0] and "exceeds the limit" in refused.errors[0]
+
+
+# --- vlm_judge against a real VLM behind the OpenAI API -------------------------------------------------
+
+
+def _first_token_probs(model_dir: Path, images: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, list[str]]:
+    """The model's distribution over the answer's first token (B, V), computed here without any server, and
+    each token's text stripped and lower-cased."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(model_dir, use_fast=True)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
+    probs = []
+    for image, prompt in zip(to_pil(images), prompts):
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": TEMPLATE.replace("{prompt}", prompt)}]}]
+        text = processor.apply_chat_template(messages, add_generation_prompt=True)
+        with torch.no_grad():
+            probs.append(model(**processor(text=[text], images=[image], return_tensors="pt")).logits[0, -1].float().softmax(-1))
+    return torch.stack(probs), [processor.tokenizer.decode([i]).strip().lower() for i in range(len(processor.tokenizer))]
+
+
+def _yes_no(probs: torch.Tensor, words: list[str], top_k: int | None = None) -> tuple[torch.Tensor, ...]:
+    """score = P(yes)/(P(yes)+P(no)), P(yes) summed over every token reading "yes" (Yes, " yes", ...), counting only the
+    top_k most likely tokens when given (what a server returning top_logprobs=k shows); NaN where neither is shown."""
+    shown = torch.zeros_like(probs, dtype=torch.bool).scatter(1, probs.topk(top_k or probs.shape[1]).indices, True)
+    p_yes = (probs * shown)[:, [i for i, w in enumerate(words) if w == "yes"]].sum(1)
+    p_no = (probs * shown)[:, [i for i, w in enumerate(words) if w == "no"]].sum(1)
+    return p_yes / (p_yes + p_no), p_yes, p_no
+
+
+def test_vlm_judge_equals_the_model_in_process(servers, vlm_dir):
+    url = servers["vlm"].url()
+    images = _images(6)
+    prompts = [*PROMPTS, "a red circle", "two blue squares"]
+    probs, words = _first_token_probs(vlm_dir, images, prompts)
+    vocab = probs.shape[1]  # every token's log-prob is returned: the score is exact, not a top-k approximation
+    judge = reward_zoo.get("vlm_judge", url=f"{url}/v1", template=TEMPLATE, top_logprobs=vocab, concurrency=4)
+    assert judge.model == "tiny-qwen2-vl"  # the first model /v1/models lists
+    result = judge(images, prompts)
+    expected, p_yes, p_no = _yes_no(probs, words)
+    assert not result.failed.any()
+    torch.testing.assert_close(result.scores, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(result.details["p_yes"], p_yes, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(result.details["p_no"], p_no, rtol=1e-5, atol=1e-7)
+    assert result.scores[0] != result.scores[2]  # same prompt, other image: the image reaches the model
+
+    # With the usual top_logprobs (20) only the tokens the server shows count: here "no" is not among them.
+    top = reward_zoo.get("vlm_judge", url=url, template=TEMPLATE)(images, prompts)
+    expected_top, _, p_no_top = _yes_no(probs, words, top_k=20)
+    assert (p_no_top == 0).all() and not top.failed.any()
+    torch.testing.assert_close(top.scores, expected_top, rtol=1e-5, atol=1e-6)
 
 
 # --- a recipe mixing an in-process scorer and a remote one ---------------------------------------------
