@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -111,8 +112,6 @@ def serve_reward_command(
     max_batch: int = typer.Option(64, "--max-batch", min=1, help="Most images merged from concurrent requests."),
 ) -> None:
     """Serve a reward over HTTP + JSON for the `remote` scorer (schema: reward_zoo/protocol.py)."""
-    import os
-
     import reward_zoo
     from reward_zoo.server import check_exposure, serve
 

@@ -44,6 +44,17 @@ def _error_text(response: httpx.Response) -> str:
     return " ".join(text.split())[:200]
 
 
+def check_url(reward: str, url: str) -> str:
+    """The server's base URL without a trailing slash; a ScorerConfigError unless it is http(s)://host[:port][/path]."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as error:
+        raise ScorerConfigError(f"reward '{reward}': url {url!r} is not a URL ({error})") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ScorerConfigError(f"reward '{reward}': url must look like http://127.0.0.1:8000, got {url!r}")
+    return url.rstrip("/")
+
+
 def bearer_headers(reward: str, env_name: str | None, kwarg: str) -> dict[str, str]:
     """{"Authorization": "Bearer <$env_name>"}, or {} without env_name; the secret never sits in a recipe."""
     if env_name is None:

@@ -56,7 +56,7 @@ def decode_images(encoded: list[str], device: torch.device | str = "cpu") -> tor
         try:
             with Image.open(io.BytesIO(base64.b64decode(item, validate=True))) as image:
                 arrays.append(np.asarray(image.convert("RGB")))
-        except (binascii.Error, OSError, TypeError, ValueError) as error:
+        except (binascii.Error, OSError, TypeError, ValueError, Image.DecompressionBombError) as error:
             raise ValueError(f"images[{i}] is not a base64-encoded image ({error})") from None
     if len({a.shape for a in arrays}) > 1:
         raise ValueError(f"images must all have the same size, got {sorted({a.shape[:2] for a in arrays})}")

@@ -3,8 +3,9 @@
     rewards:
       - {name: remote, label: geneval, kwargs: {url: "http://127.0.0.1:8765", reward: geneval}}
 
-At construction it reads the server's /health once: a server that is down, speaks another protocol or
-serves another reward than `reward` is a one-line error naming the URL. It then behaves as the served
+`reward` names the scorer the recipe expects on the other side. At construction the client reads the
+server's /health once: a server that is down, speaks another protocol or serves another reward is a
+one-line error naming the URL. It then behaves as the served
 scorer (same higher_is_better, details and texts); a request that fails after its retries, or an answer
 that does not fit the schema in `reward_zoo/protocol.py`, fails the samples it carried.
 """
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 
 from reward_zoo.base import Scorer, ScorerConfigError, ScoreResult
-from reward_zoo.http_client import JSONClient, RequestFailed, bearer_headers, check_server
+from reward_zoo.http_client import JSONClient, RequestFailed, bearer_headers, check_server, check_url
 from reward_zoo.protocol import PROTOCOL_VERSION, decode_result, encode_request
 
 
@@ -28,7 +29,7 @@ class RemoteScorer(Scorer):
     def __init__(
         self,
         url: str,
-        reward: str | None = None,
+        reward: str,
         token_env: str | None = None,
         timeout: float = 120.0,
         retries: int = 2,
@@ -39,7 +40,7 @@ class RemoteScorer(Scorer):
         if timeout <= 0 or retries < 0 or backoff < 0:
             raise ScorerConfigError("reward 'remote': timeout must be > 0, retries and backoff >= 0")
         self._client = JSONClient(
-            url, timeout=timeout, retries=retries, backoff=backoff,
+            check_url(self.name, url), timeout=timeout, retries=retries, backoff=backoff,
             headers=bearer_headers(self.name, token_env, "token_env"),
         )
         health = check_server(self.name, self._client, "/health", "start it with `mogen serve-reward NAME` or fix kwargs.url")
@@ -47,7 +48,7 @@ class RemoteScorer(Scorer):
         if not isinstance(health, dict) or health.get("protocol") != PROTOCOL_VERSION:
             got = health.get("protocol") if isinstance(health, dict) else health
             raise ScorerConfigError(f"reward 'remote': {where} speaks protocol {got!r}, this client {PROTOCOL_VERSION}")
-        if reward is not None and health.get("reward") != reward:
+        if health.get("reward") != reward:
             raise ScorerConfigError(f"reward 'remote': {where} serves {health.get('reward')!r}, the recipe expects {reward!r}")
         self.served = health
         self.higher_is_better = bool(health.get("higher_is_better", True))  # the trainer negates lower-is-better

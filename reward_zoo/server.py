@@ -77,7 +77,7 @@ class BatchingScorer:
     """Scores jobs from many threads in one worker thread, merging the jobs waiting at the same time."""
 
     def __init__(self, scorer: Scorer, max_batch: int):
-        self.scorer, self.max_batch = scorer, max_batch
+        self.scorer, self.max_batch, self.device = scorer, max_batch, scorer.device
         self._jobs: queue.Queue[_Job] = queue.Queue()
         self._held: _Job | None = None  # a job of another image size, first in the next batch
         threading.Thread(target=self._work, name="scorer", daemon=True).start()
@@ -176,7 +176,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # the unread body must not be taken for the next request
             return self._send(413, {"error": f"request of {length} bytes exceeds the limit of {self.server.max_request_bytes}; send fewer images per request"})
         try:
-            images, prompts, metadata = decode_request(json.loads(self.rfile.read(int(length))), self.server.scorer.scorer.device)
+            images, prompts, metadata = decode_request(json.loads(self.rfile.read(int(length))), self.server.scorer.device)
         except ValueError as error:  # json.JSONDecodeError is a ValueError
             return self._send(400, {"error": _one_line(str(error))})
         try:

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import torch
 
 from reward_zoo.base import Scorer, ScorerConfigError, ScoreResult
-from reward_zoo.http_client import JSONClient, RequestFailed, bearer_headers, check_server
+from reward_zoo.http_client import JSONClient, RequestFailed, bearer_headers, check_server, check_url
 from reward_zoo.protocol import encode_images
 
 DEFAULT_TEMPLATE = 'Does this image match the description "{prompt}"? Answer Yes or No.'
@@ -76,7 +76,7 @@ class VLMJudge(Scorer):
         self.max_tokens = max_tokens or (1 if mode == "yes_no" else 32)
         self.extra_body = dict(extra_body or {})
         self.concurrency = concurrency
-        base_url = url.rstrip("/").removesuffix("/v1")
+        base_url = check_url(self.name, url).removesuffix("/v1")
         self._client = JSONClient(
             base_url, timeout=timeout, retries=retries, backoff=backoff,
             headers=bearer_headers(self.name, api_key_env, "api_key_env"), max_connections=concurrency,

@@ -242,6 +242,8 @@ def test_judge_reads_yes_no_variants_and_numbers(scripted, monkeypatch):
     assert result.failed.tolist() == [False, True, True, False]
     assert result.scores[0] == pytest.approx(0.7) and result.scores[3] == pytest.approx(0.3)  # the first number: "3"
     assert "no number in the answer" in result.errors[1] and "outside number_range [0, 10]" in result.errors[2]
+    with pytest.raises(ScorerConfigError, match=r"number_range must be \[lo, hi\] with hi > lo, got \[5.0, 1.0\]"):
+        reward_zoo.get("vlm_judge", url=scripted.url, mode="number", number_range=[5, 1])
     regex = reward_zoo.get("vlm_judge", url=scripted.url, template="{prompt}", mode="number", number_regex=r"Final: ([\d.]+)")
     assert regex(_images(1), ["D"]).scores.tolist() == [pytest.approx(0.25)]
 
@@ -249,11 +251,14 @@ def test_judge_reads_yes_no_variants_and_numbers(scripted, monkeypatch):
 @pytest.mark.parametrize("reward", ["vlm_judge", "remote"])
 def test_a_server_down_at_start_is_one_line_naming_the_url(reward, tmp_path, tiny_model_dir):
     url = f"http://127.0.0.1:{_free_port()}"
+    served = {"reward": "vivid"} if reward == "remote" else {}
     with pytest.raises(ScorerConfigError, match=f"no usable server at {url}/(v1/models|health) \\(connection refused"):
-        reward_zoo.get(reward, url=url)
+        reward_zoo.get(reward, url=url, **served)
+    with pytest.raises(ScorerConfigError, match=f"reward '{reward}': url must look like http://127.0.0.1:8000, got 'localhost:8000'"):
+        reward_zoo.get(reward, url="localhost:8000", **served)
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({"model": {"name": str(tiny_model_dir)}, "output_dir": str(tmp_path / "run"),
-                                      "rewards": [{"name": "vivid"}, {"name": reward, "kwargs": {"url": url}}]}))
+                                      "rewards": [{"name": "vivid"}, {"name": reward, "kwargs": {"url": url, **served}}]}))
     result = CliRunner().invoke(app, ["align", "--recipe", str(recipe)])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert result.stderr.startswith(f"error: rewards.1 ({reward}): ") and url in result.stderr
@@ -274,7 +279,8 @@ FAULTS = {
 @pytest.mark.parametrize("fault", FAULTS)
 @pytest.mark.parametrize("reward", ["vlm_judge", "remote"])
 def test_server_faults_fail_the_samples_not_the_run(scripted, fault, reward):
-    scorer = reward_zoo.get(reward, url=scripted.url, timeout=0.3, retries=1, backoff=0.05)
+    kwargs = {"reward": "compressibility"} if reward == "remote" else {}
+    scorer = reward_zoo.get(reward, url=scripted.url, timeout=0.3, retries=1, backoff=0.05, **kwargs)
     scripted.reply, message = FAULTS[fault]
     started = time.monotonic()
     result = scorer(_images(2), ["a", "b"])
@@ -298,7 +304,7 @@ def test_a_retry_recovers_from_a_transient_500(scripted):
 
 
 def test_wrong_answers_fail_the_samples(scripted):
-    remote = reward_zoo.get("remote", url=scripted.url)
+    remote = reward_zoo.get("remote", url=scripted.url, reward="compressibility")
     scripted.reply = _remote_reply([-1.0, -2.0, -3.0])
     wrong = remote(_images(2), ["a", "b"])
     assert wrong.failed.all() and '"scores" must hold 2 values (one per image), got 3 values' in wrong.errors[0]
@@ -317,7 +323,7 @@ def test_wrong_answers_fail_the_samples(scripted):
 
 def test_a_server_that_dies_mid_run_fails_samples(scripted):
     scripted.reply = _remote_reply([-1.0])
-    remote = reward_zoo.get("remote", url=scripted.url, retries=0)
+    remote = reward_zoo.get("remote", url=scripted.url, reward="compressibility", retries=0)
     assert not remote(_images(1)).failed.any()
     scripted.stop()
     gone = remote(_images(1))
@@ -342,7 +348,7 @@ def test_remote_compressibility_equals_in_process(servers):
 def test_remote_vivid_with_token_equals_in_process(servers, monkeypatch):
     url = servers["vivid"].url()
     with pytest.raises(ScorerConfigError, match=rf"no usable server at {url}/health \(HTTP 401: missing or wrong bearer token"):
-        reward_zoo.get("remote", url=url)
+        reward_zoo.get("remote", url=url, reward="vivid")
     monkeypatch.setenv(TOKEN_ENV, "sekrit-token")
     with pytest.raises(ScorerConfigError, match=r"serves 'vivid', the recipe expects 'compressibility'"):
         reward_zoo.get("remote", url=url, reward="compressibility", token_env=TOKEN_ENV)
