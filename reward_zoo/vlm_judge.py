@@ -66,8 +66,8 @@ class VLMJudge(Scorer):
             raise ScorerConfigError(f"reward 'vlm_judge': number_regex {number_regex!r} is not a regex ({error})") from None
         if self.number_regex.groups > 1:
             raise ScorerConfigError("reward 'vlm_judge': number_regex may have at most one capturing group (the number)")
-        for key, value in {"top_logprobs": top_logprobs, "concurrency": concurrency, "max_tokens": max_tokens or 1}.items():
-            if value < 1:
+        for key, value in {"top_logprobs": top_logprobs, "concurrency": concurrency, "max_tokens": max_tokens}.items():
+            if value is not None and value < 1:
                 raise ScorerConfigError(f"reward 'vlm_judge': {key} must be >= 1, got {value}")
         if timeout <= 0 or retries < 0 or backoff < 0:
             raise ScorerConfigError("reward 'vlm_judge': timeout must be > 0, retries and backoff >= 0")
@@ -85,6 +85,8 @@ class VLMJudge(Scorer):
         ids = [m.get("id") for m in served.get("data", []) if isinstance(m, dict)] if isinstance(served, dict) else []
         if model is None and not ids:
             raise ScorerConfigError(f"reward 'vlm_judge': {self._client.url('/v1/models')} lists no model; set kwargs.model")
+        if model is not None and ids and model not in ids:
+            raise ScorerConfigError(f"reward 'vlm_judge': {self._client.url('/v1/models')} serves {ids}, not model {model!r}")
         self.model = model or ids[0]
 
     @classmethod
@@ -133,7 +135,11 @@ class VLMJudge(Scorer):
         match = self.number_regex.search(answer)
         if match is None:
             raise ValueError(f"no number in the answer {answer[:80]!r}")
-        value = float(match.group(1) if self.number_regex.groups else match.group(0))
+        text = match.group(1) if self.number_regex.groups else match.group(0)
+        try:
+            value = float(text)
+        except (TypeError, ValueError):
+            raise ValueError(f"number_regex matched {text!r} in {answer[:80]!r}, not a number") from None
         lo, hi = self.number_range
         if not lo <= value <= hi:
             raise ValueError(f"answer {value:g} outside number_range [{lo:g}, {hi:g}]")

@@ -242,6 +242,8 @@ def test_judge_reads_yes_no_variants_and_numbers(scripted, monkeypatch):
     assert result.failed.tolist() == [False, True, True, False]
     assert result.scores[0] == pytest.approx(0.7) and result.scores[3] == pytest.approx(0.3)  # the first number: "3"
     assert "no number in the answer" in result.errors[1] and "outside number_range [0, 10]" in result.errors[2]
+    with pytest.raises(ScorerConfigError, match=r"/v1/models serves \['scripted-judge'\], not model 'other'"):
+        reward_zoo.get("vlm_judge", url=scripted.url, model="other")
     with pytest.raises(ScorerConfigError, match=r"number_range must be \[lo, hi\] with hi > lo, got \[5.0, 1.0\]"):
         reward_zoo.get("vlm_judge", url=scripted.url, mode="number", number_range=[5, 1])
     regex = reward_zoo.get("vlm_judge", url=scripted.url, template="{prompt}", mode="number", number_regex=r"Final: ([\d.]+)")
