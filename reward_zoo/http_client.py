@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import weakref
 from typing import Any
 
 import httpx
@@ -87,6 +88,7 @@ class JSONClient:
             headers=headers or {},
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         )
+        weakref.finalize(self, self._client.close)  # its kept-alive connections close with the scorer
 
     def url(self, path: str) -> str:
         return f"{self.base_url}{path}"
@@ -116,9 +118,6 @@ class JSONClient:
                 continue
             return self._parse(response)
         raise RequestFailed(f"{reason} (after {self.retries + 1} attempts)")
-
-    def close(self) -> None:
-        self._client.close()
 
     @staticmethod
     def _parse(response: httpx.Response) -> Any:

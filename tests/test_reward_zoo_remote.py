@@ -62,7 +62,8 @@ class Server:
         with open(log, "w") as err:
             self.process = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=err, text=True, env=env)
         self._lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=lambda: [self._lines.put(line) for line in self.process.stdout], daemon=True).start()
+        self._reader = threading.Thread(target=lambda: [self._lines.put(line) for line in self.process.stdout], daemon=True)
+        self._reader.start()
         self._url: str | None = None
 
     def url(self, timeout: float = 120.0) -> str:
@@ -86,6 +87,8 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=10)
+        self._reader.join(timeout=10)  # it ends at the closed pipe's EOF
+        self.process.stdout.close()
 
 
 @pytest.fixture(scope="module")
