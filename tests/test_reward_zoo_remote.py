@@ -119,6 +119,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory, vlm_dir: Path):
 
 # --- in-process parts of the server, its command line ------------------------------------------------
 
+
 def test_concurrent_requests_are_merged_into_one_batch():
     """While the worker scores one request, the requests queued behind it are scored together and split back."""
     release, sizes = threading.Event(), []
@@ -151,6 +152,8 @@ def test_serve_reward_refuses_an_open_bind_and_a_busy_port():
     assert result.exit_code == 2 and "add --allow-remote" in result.output and "Traceback" not in result.output
     result = runner.invoke(app, ["serve-reward", "compressibility", "--host", "0.0.0.0", "--allow-remote"])
     assert result.exit_code == 2 and "needs a bearer token: --token-env VAR" in result.output
+    result = runner.invoke(app, ["serve-reward", "compressibility", "--token-env", "MOGEN_TEST_UNSET_VARIABLE"])
+    assert result.exit_code == 2 and "--token-env MOGEN_TEST_UNSET_VARIABLE: that environment variable is not set" in result.output
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
