@@ -10,6 +10,7 @@ from mogen import __version__
 from mogen.cli_errors import user_errors
 from mogen.evaluation.cli import eval_command, report_command
 from reward_zoo.cli import app as rewards_app
+from reward_zoo.cli import serve_reward_command
 
 app = typer.Typer(
     name="mogen",
@@ -56,6 +57,7 @@ def align(
 
 
 app.add_typer(rewards_app, name="rewards")  # `mogen rewards ...`
+app.command("serve-reward")(serve_reward_command)
 
 
 @app.command("export")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -95,3 +96,31 @@ def score(
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         typer.echo(f"wrote {output}")
+
+
+def serve_reward_command(
+    name: str = typer.Argument(..., help="A reward name from `mogen rewards list`."),
+    sets: list[str] = typer.Option([], "--set", help="A reward argument: --set backend=easyocr (repeatable)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; anything but loopback needs --allow-remote."),
+    port: int = typer.Option(8765, "--port", min=0, max=65535, help="Port; 0 picks a free one (printed at start)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
+    allow_remote: bool = typer.Option(False, "--allow-remote", help="Allow a non-loopback --host (needs --token-env)."),
+    token_env: str | None = typer.Option(
+        None, "--token-env", help="Environment variable holding a bearer token that every request must carry."
+    ),
+    max_request_mb: float = typer.Option(64.0, "--max-request-mb", min=0.001, help="Largest request body accepted."),
+    max_batch: int = typer.Option(64, "--max-batch", min=1, help="Most images merged from concurrent requests."),
+) -> None:
+    """Serve a reward over HTTP + JSON for the `remote` scorer (schema: reward_zoo/protocol.py)."""
+    import reward_zoo
+    from reward_zoo.server import check_exposure, serve
+
+    with _user_errors():
+        kwargs = _parse_sets(sets)
+        token = os.environ.get(token_env) if token_env else None
+        if token_env and not token:
+            raise ValueError(f"--token-env {token_env}: that environment variable is not set")
+        check_exposure(host, allow_remote, token)
+        scorer = reward_zoo.get(name, device=device, **kwargs)
+        serve(name, scorer, kwargs, host=host, port=port, token=token,
+              max_request_bytes=int(max_request_mb * 2**20), max_batch=max_batch)

@@ -44,6 +44,8 @@ _BUILTIN: dict[str, str] = {
     "hpsv2": "reward_zoo.clip_models:HPSv2",
     "pickscore": "reward_zoo.pickscore:PickScore",
     "imagereward": "reward_zoo.imagereward:ImageRewardScorer",
+    "vlm_judge": "reward_zoo.vlm_judge:VLMJudge",
+    "remote": "reward_zoo.remote:RemoteScorer",
 }
 
 
