@@ -61,7 +61,8 @@ def velocity_penalty(velocity: torch.Tensor, other: torch.Tensor) -> torch.Tenso
 
 def _stratified_unit(num_times: int, batch_size: int, generator: torch.Generator | None) -> torch.Tensor:
     """(K, B) draws in [0, 1): row k lies in stratum [k/K, (k+1)/K), rows shuffled independently per column."""
-    u = (torch.arange(num_times, dtype=torch.float32)[:, None] + torch.rand(num_times, batch_size, generator=generator)) / num_times
+    offsets = torch.rand(num_times, batch_size, generator=generator)
+    u = (torch.arange(num_times, dtype=torch.float32)[:, None] + offsets) / num_times
     order = torch.rand(num_times, batch_size, generator=generator).argsort(dim=0)
     return u.gather(0, order)
 

@@ -67,7 +67,9 @@ def optimality_probability(advantages: torch.Tensor, clip: float = 5.0) -> torch
     return advantages.float().clamp(-clip, clip) / (2.0 * clip) + 0.5
 
 
-def implicit_policies(velocity: torch.Tensor, old_velocity: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def implicit_policies(
+    velocity: torch.Tensor, old_velocity: torch.Tensor, beta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(v+, v-) = (beta v + (1 - beta) v_old, (1 + beta) v_old - beta v), float32; v_old is not differentiated."""
     v, v_old = velocity.float(), old_velocity.detach().float()
     return v_old + beta * (v - v_old), v_old - beta * (v - v_old)
