@@ -1,6 +1,8 @@
 """DiffusionNFT and AWM on hand-derived cases: the forward process, training times, the old-policy EMA, and
 the two losses' gradients (see the derivations in mogen/nft.py and mogen/awm.py)."""
 
+import copy
+
 import pytest
 import torch
 
@@ -309,3 +311,56 @@ def test_awm_video_bf16_and_reference_penalty() -> None:
     assert stats.ref_penalty.item() == pytest.approx(0.04, rel=0.05)
     with pytest.raises(ValueError, match="advantages must have shape"):
         awm_loss(v_old, x0, noise, t, advantages[:1])
+
+
+# ---------------------------------------------------------------- both, end to end on a 2-D toy
+
+
+def _train_toy(algorithm: str, direction: float, iterations: int = 30) -> list[float]:
+    """A 2-D velocity MLP, ODE rollouts from the sampling policy (NFT: the EMA old policy), reward = direction * x."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 64), torch.nn.SiLU(), torch.nn.Linear(64, 2))
+    old = copy.deepcopy(model).requires_grad_(False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    grid = timesteps(8)
+
+    def velocity(net, x, t):
+        return net(torch.cat([x, t[:, None]], dim=1))
+
+    mean_rewards = []
+    for step in range(iterations):
+        sampler = old if algorithm == "nft" else model
+        x0 = torch.randn(64, 2, generator=g)
+        with torch.no_grad():
+            for t, t_next in zip(grid[:-1], grid[1:]):
+                x0 = ode_step(velocity(sampler, x0, t.expand(64)), x0, t, t_next).prev_sample
+        reward = direction * x0[:, 0]
+        mean_rewards.append(reward.mean().item())
+        advantages = group_normalize(reward, torch.zeros(64, dtype=torch.long), std_floor=1e-4)
+        optimizer.zero_grad()
+        times = sample_training_times("grid_subset", 4, 64, grid=grid, generator=g)
+        for t in times:
+            noise = torch.randn(x0.shape, generator=g)
+            x_t = forward_noising(x0, noise, t)
+            if algorithm == "nft":
+                with torch.no_grad():
+                    old_velocity = velocity(old, x_t, t)
+                r = optimality_probability(advantages)
+                loss, _ = nft_loss(velocity(model, x_t, t), old_velocity, x0, noise, t, r)
+            else:
+                loss, _ = awm_loss(velocity(model, x_t, t), x0, noise, t, advantages)
+            (loss / len(times)).backward()
+        optimizer.step()
+        if algorithm == "nft":
+            ema_update_(old.parameters(), model.parameters(), ramped_decay(step + 1, rate=0.001, cap=0.5))
+    return mean_rewards
+
+
+@pytest.mark.parametrize("algorithm", ["nft", "awm"])
+@pytest.mark.parametrize("direction", [1.0, -1.0])
+def test_nft_and_awm_raise_a_toy_reward_with_ode_rollouts(algorithm, direction) -> None:
+    """The pieces compose: ODE samples, group advantages, re-noising, the loss, the old-policy EMA."""
+    rewards = _train_toy(algorithm, direction)
+    assert abs(rewards[0]) < 0.3
+    assert sum(rewards[-3:]) / 3 - rewards[0] > 0.7  # measured +1.33 to +1.41 at seed 0
