@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+from diffusers import SD3Transformer2DModel
 
 from mogen.awm import awm_loss, matching_log_likelihood
 from mogen.forward_process import (
@@ -16,6 +17,8 @@ from mogen.forward_process import (
     sample_training_times,
     velocity_penalty,
 )
+from mogen.config import LoraConfig
+from mogen.lora import adapter_disabled, attach_lora, attach_old_policy, lora_state_dict, old_policy
 from mogen.nft import nft_loss, optimality_probability
 from mogen.objectives import group_normalize
 from mogen.sampling import ode_step, timesteps
@@ -364,3 +367,57 @@ def test_nft_and_awm_raise_a_toy_reward_with_ode_rollouts(algorithm, direction) 
     rewards = _train_toy(algorithm, direction)
     assert abs(rewards[0]) < 0.3
     assert sum(rewards[-3:]) / 3 - rewards[0] > 0.7  # measured +1.33 to +1.41 at seed 0
+
+
+# ---------------------------------------------------------------- the old policy as a second LoRA adapter
+
+
+def test_old_policy_adapter_lags_the_trained_one_on_a_real_sd3_transformer() -> None:
+    """A frozen copy of the LoRA that stays put through an optimizer step and follows it through ema_update_."""
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=16, caption_projection_dim=16, pooled_projection_dim=8,
+        pos_embed_max_size=8,
+    )
+    trainable = attach_lora(transformer, LoraConfig(rank=4, alpha=8))
+    with torch.no_grad():  # a trained adapter, not peft's B = 0 start
+        for p in trainable:
+            p.add_(0.3 * torch.randn_like(p))
+    old = attach_old_policy(transformer)
+    assert len(old) == len(trainable) and not any(p.requires_grad for p in old)
+    assert [p for p in transformer.parameters() if p.requires_grad] == trainable
+    x0, noise = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    t = torch.tensor([0.4, 0.8])
+    inputs = {"hidden_states": forward_noising(x0, noise, t), "timestep": t * 1000,
+              "encoder_hidden_states": torch.randn(2, 3, 16), "pooled_projections": torch.randn(2, 8)}
+
+    def velocity() -> torch.Tensor:
+        return transformer(**inputs).sample
+
+    with old_policy(transformer):
+        v_old = velocity()
+    v = velocity()
+    torch.testing.assert_close(v_old, v)
+    with adapter_disabled(transformer), torch.no_grad():
+        assert (velocity() - v).abs().max() > 1e-3  # the base model differs from both
+
+    loss, _ = nft_loss(v, v_old, x0, noise, t, torch.tensor([0.9, 0.2]), beta=0.1)
+    optimizer = torch.optim.SGD(trainable, lr=1.0)
+    # the first step after a sync: grad = 5 (2r - 1) 2 t^2 (v - v*) / (w D B) != 0, none reaches the old adapter
+    loss.backward()
+    assert all(p.grad is None for p in old) and any(p.grad.abs().max() > 0 for p in trainable)
+    optimizer.step()
+    with old_policy(transformer):
+        torch.testing.assert_close(velocity(), v_old)  # the old policy did not move
+    with torch.no_grad():
+        assert (velocity() - v_old).abs().max() > 1e-4
+    assert [p.requires_grad for p in trainable] == [True] * len(trainable)  # restored after old_policy
+    saved = lora_state_dict(transformer)  # checkpoints hold the trained adapter only
+    assert len(saved) == len(trainable) and not any(".old." in key for key in saved)
+
+    ema_update_(old, trainable, decay=0.0)
+    with old_policy(transformer):
+        v_synced = velocity()
+    with torch.no_grad():
+        torch.testing.assert_close(v_synced, velocity())
