@@ -36,7 +36,9 @@ c t^2 mean_d (v - v*)^2 / w. For any v, with w+ = w- = w held fixed, the gradien
     d loss_b / d v = c * 2 t^2 [ (2r - 1)(v_old - v*) + beta (v - v_old) ] / (w D),
 
 so each sample's loss is minimised at v = v_old + (2r - 1)(v* - v_old) / beta: beta is the inverse step size
-of an implicit trust region around the old policy (beta -> 0: the gradient no longer depends on v).
+of an implicit trust region around the old policy (beta -> 0: the gradient no longer depends on v). Averaged
+over the x0 behind one x_t (where E[v*] = v_old) this is the paper's optimum v_old + (2 / beta) alpha (v+ - v_old),
+alpha = E[r | x_t].
 
 Reference defaults for SD3.5-Medium (config/nft.py): beta 1.0 (0.1 for OCR and the multi-reward run),
 c = adv_clip_max 5, old policy = EMA of the LoRA weights with decay ramp min(0.001 * step, 0.5) (OCR: flat 75
