@@ -10,6 +10,8 @@ base weights are never gathered), and peft turns their parameter names into its 
 
 from __future__ import annotations
 
+import copy
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +27,8 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from mogen.config import LoraConfig
 
 INIT_WEIGHTS = {"gaussian": "gaussian", "default": True, "zeros": False}
+TRAINED_ADAPTER = "default"  # the name peft gives the adapter attach_lora adds
+OLD_ADAPTER = "old"
 
 
 def attach_lora(transformer: torch.nn.Module, cfg: LoraConfig) -> list[torch.nn.Parameter]:
@@ -96,3 +100,37 @@ def load_lora(transformer: torch.nn.Module, path: Path) -> None:
     unexpected = getattr(result, "unexpected_keys", None)
     if unexpected:
         raise ValueError(f"{path}: LoRA weights do not match the adapter (unexpected keys, e.g. {unexpected[:3]})")
+
+
+def attach_old_policy(transformer: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """Add a frozen copy of the trained adapter, the lagging "old" policy DiffusionNFT samples from and contrasts
+    against, and return its parameters in the order of attach_lora's (for mogen.forward_process.ema_update_).
+
+    As the reference (NVlabs/DiffusionNFT scripts/train_nft_sd3.py adds a second LoRA adapter "old" and updates it
+    as an EMA of the trained one), the base weights are shared: the old policy costs one more LoRA, not a model.
+    Call it on the bare transformer after attach_lora; the trained adapter stays the active one.
+    """
+    with warnings.catch_warnings():  # peft warns that a second adapter is being added, which is the intent
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+        transformer.add_adapter(copy.deepcopy(transformer.peft_config[TRAINED_ADAPTER]), adapter_name=OLD_ADAPTER)
+    transformer.set_adapter(TRAINED_ADAPTER)
+    named = dict(transformer.named_parameters())
+    old = []
+    for name, param in named.items():
+        if f".{TRAINED_ADAPTER}." in name:
+            copy_of = named[name.replace(f".{TRAINED_ADAPTER}.", f".{OLD_ADAPTER}.")]
+            copy_of.data = param.detach().clone().float()
+            copy_of.requires_grad_(False)
+            old.append(copy_of)
+    return old
+
+
+@contextmanager
+def old_policy(transformer: torch.nn.Module) -> Iterator[None]:
+    """Run the bare transformer with the old adapter (attach_old_policy) inside the block, under torch.no_grad."""
+    transformer.set_adapter(OLD_ADAPTER)
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        transformer.set_adapter(TRAINED_ADAPTER)  # peft also restores requires_grad: trained on, old off
