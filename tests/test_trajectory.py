@@ -40,8 +40,9 @@ def test_stochastic_steps_draw_noise_in_order_and_only_there(kind, kernel):
     assert len(calls) == 2
     x, used = x0, iter(noises)
     for i in range(5):
-        v = velocity(x, times[i].expand(2))
-        x = (kernel(v, x, times[i], times[i + 1], 0.7, noise=next(used)) if i in (1, 3) else ode_step(v, x, times[i], times[i + 1])).prev_sample
+        v, t, t_next = velocity(x, times[i].expand(2)), times[i], times[i + 1]
+        step = kernel(v, x, t, t_next, 0.7, noise=next(used)) if i in (1, 3) else ode_step(v, x, t, t_next)
+        x = step.prev_sample
     assert torch.equal(out, x)
 
 
