@@ -18,9 +18,8 @@ import torch
 
 from mogen.losses import gaussian_kl
 from mogen.models.contract import Conditioning, FlowPolicy
-from mogen.sampling import StepOutput, cps_step, flow_sde_step, ode_step, timesteps
-
-STEP_KERNELS: dict[str, Callable[..., StepOutput]] = {"sde": flow_sde_step, "cps": cps_step}
+from mogen.sampling import STEP_KERNELS, StepOutput, timesteps
+from mogen.trajectory import sample_trajectory
 
 
 @dataclass
@@ -97,7 +96,6 @@ def collect_rollout(
     `shard` (data parallel): roll out only these samples of the global batch `prompts`. The noise is drawn for
     the whole batch and sliced, so a sample gets the same noise however the batch is split over processes.
     """
-    step_kernel = STEP_KERNELS[kind]
     shard = shard or slice(0, len(prompts))
     global_shape = (len(prompts), *policy.latent_shape)
     prompts, group_ids = list(prompts)[shard], group_ids[shard]
@@ -106,24 +104,26 @@ def collect_rollout(
     times = timesteps(num_steps, shift, device=device)
     trained = set(trained_steps.tolist())
     records: dict[str, list[torch.Tensor]] = {k: [] for k in ("latents", "next", "means", "stds", "log_probs", "ref")}
-    for i in range(num_steps):
-        t, t_next = times[i], times[i + 1]
-        velocity = policy.velocity(x, t.expand(len(prompts)), cond)
+
+    def record(i: int, x_t: torch.Tensor, out: StepOutput) -> None:
         if i not in trained:
-            x = ode_step(velocity, x, t, t_next).prev_sample
-            continue
-        noise = torch.randn(global_shape, generator=generator, device=device, dtype=torch.float32)[shard]
-        out = step_kernel(velocity, x, t, t_next, eta, noise=noise)
-        records["latents"].append(x)
+            return
+        records["latents"].append(x_t)
         records["next"].append(out.prev_sample)
         records["means"].append(out.mean)
         records["stds"].append(out.std.flatten()[0])
         records["log_probs"].append(out.log_prob)
         if base_policy is not None:
+            t, t_next = times[i], times[i + 1]
             with base_policy():
-                ref_velocity = policy.velocity(x, t.expand(len(prompts)), cond)
-            records["ref"].append(step_kernel(ref_velocity, x, t, t_next, eta, prev_sample=out.prev_sample).mean)
-        x = out.prev_sample
+                ref_velocity = policy.velocity(x_t, t.expand(len(prompts)), cond)
+            records["ref"].append(STEP_KERNELS[kind](ref_velocity, x_t, t, t_next, eta, prev_sample=out.prev_sample).mean)
+
+    x = sample_trajectory(
+        lambda x_t, t: policy.velocity(x_t, t, cond), x, times, stochastic=trained, kind=kind, eta=eta,
+        noise=lambda: torch.randn(global_shape, generator=generator, device=device, dtype=torch.float32)[shard],
+        on_step=record,
+    )
     images = policy.decode(x).float().clamp(0, 1)
     index = trained_steps.to(device)
     return Rollout(

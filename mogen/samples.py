@@ -7,7 +7,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from mogen.config import SamplerConfig
 from mogen.models.contract import FlowPolicy
-from mogen.sampling import ode_step, timesteps
+from mogen.sampling import timesteps
+from mogen.trajectory import sample_trajectory
 
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 
@@ -19,9 +20,7 @@ def generate(
     """Deterministic ODE samples (B, 3, H, W) in [0, 1]: the same noise gives the same image."""
     cond = policy.encode_prompts(prompts)
     x = torch.randn((len(prompts), *policy.latent_shape), generator=generator, device=device, dtype=torch.float32)
-    times = timesteps(num_steps, shift, device=device)
-    for t, t_next in zip(times[:-1], times[1:]):
-        x = ode_step(policy.velocity(x, t.expand(len(prompts)), cond), x, t, t_next).prev_sample
+    x = sample_trajectory(lambda x_t, t: policy.velocity(x_t, t, cond), x, timesteps(num_steps, shift, device=device))
     return policy.decode(x).float().clamp(0, 1)
 
 

@@ -16,6 +16,7 @@ bf16 and scoring it again later would make the importance ratio differ from 1 be
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -172,3 +173,6 @@ def ode_step(velocity: torch.Tensor, sample: torch.Tensor, t: TimeLike, t_next: 
     dt = _as_batch_time(t_next, x) - _as_batch_time(t, x)
     mean = x + v * dt
     return StepOutput(prev_sample=mean, mean=mean, std=torch.zeros_like(dt), log_prob=None)
+
+
+STEP_KERNELS: dict[str, Callable[..., StepOutput]] = {"sde": flow_sde_step, "cps": cps_step}  # sampler.kind -> kernel

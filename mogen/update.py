@@ -36,7 +36,8 @@ from mogen.distributed import gather_samples, sum_over_processes
 from mogen.losses import PolicyLossStats, gaussian_kl, grpo_loss
 from mogen.models.contract import FlowPolicy, index_cond
 from mogen.objectives import Advantages, multi_objective_dppo_loss
-from mogen.rollout import STEP_KERNELS, Rollout
+from mogen.rollout import Rollout
+from mogen.sampling import STEP_KERNELS
 
 
 @dataclass

@@ -30,8 +30,9 @@ from mogen.evaluation.suite import Probe, ProbeSampler, Suite, probe_prompts
 from mogen.lora import adapter_disabled
 from mogen.losses import gaussian_kl
 from mogen.models.contract import FlowPolicy
-from mogen.sampling import flow_sde_step, ode_step, timesteps
+from mogen.sampling import StepOutput, flow_sde_step, timesteps
 from mogen.toyworld import render_batch, scene_from_prompt
+from mogen.trajectory import Velocity, sample_trajectory
 from reward_zoo.registry import scorer_class
 
 ContextFactory = Callable[[], AbstractContextManager]
@@ -94,12 +95,16 @@ def _trajectory_start(policy: FlowPolicy, prompts: list[str], sampler: ProbeSamp
     return device, generator, x, parts, conds, timesteps(sampler.num_steps, sampler.shift, device=device)
 
 
+def _batched_velocity(policy: FlowPolicy, parts: list[slice], conds: list) -> Velocity:
+    """v(x, t) of the whole batch, one forward per `sampler.batch_size` slice (what bounds a probe's memory)."""
+    return lambda x, t: torch.cat([policy.velocity(x[p], t[p], cond) for p, cond in zip(parts, conds)])
+
+
 @torch.no_grad()
 def sample_images(policy: FlowPolicy, prompts: list[str], sampler: ProbeSampler) -> torch.Tensor:
     """Deterministic ODE samples (B, 3, H, W) in [0, 1], one per entry of `prompts`, from seed `sampler.seed`."""
     _, _, x, parts, conds, times = _trajectory_start(policy, prompts, sampler)
-    for t, t_next in zip(times[:-1], times[1:]):
-        x = torch.cat([ode_step(policy.velocity(x[p], t.expand(len(x[p])), c), x[p], t, t_next).prev_sample for p, c in zip(parts, conds)])
+    x = sample_trajectory(_batched_velocity(policy, parts, conds), x, times)
     return torch.cat([policy.decode(x[p]).float().clamp(0, 1) for p in parts])
 
 
@@ -112,18 +117,19 @@ def kl_to_reference(policy: FlowPolicy, prompts: list[str], sampler: ProbeSample
     """
     device, generator, x, parts, conds, times = _trajectory_start(policy, prompts, sampler)
     total = torch.zeros(len(prompts), device=device, dtype=torch.float32)
-    for t, t_next in zip(times[:-1], times[1:]):
-        noise = torch.randn(x.shape, generator=generator).to(device)
-        next_x = torch.empty_like(x)
+
+    def add_kl(i: int, x_t: torch.Tensor, out: StepOutput) -> None:
+        t, t_next = times[i], times[i + 1]
         for p, cond in zip(parts, conds):
-            t_batch = t.expand(len(x[p]))
-            out = flow_sde_step(policy.velocity(x[p], t_batch, cond), x[p], t, t_next, sampler.eta, noise=noise[p])
             with reference():
-                ref_velocity = policy.velocity(x[p], t_batch, cond)
-            ref_mean = flow_sde_step(ref_velocity, x[p], t, t_next, sampler.eta, prev_sample=out.prev_sample).mean
-            total[p] += gaussian_kl(out.mean, ref_mean, out.std)
-            next_x[p] = out.prev_sample
-        x = next_x
+                ref_velocity = policy.velocity(x_t[p], t.expand(len(x_t[p])), cond)
+            ref_mean = flow_sde_step(ref_velocity, x_t[p], t, t_next, sampler.eta, prev_sample=out.prev_sample[p]).mean
+            total[p] += gaussian_kl(out.mean[p], ref_mean, out.std[p])
+
+    sample_trajectory(
+        _batched_velocity(policy, parts, conds), x, times, stochastic=range(sampler.num_steps), kind="sde", eta=sampler.eta,
+        noise=lambda: torch.randn(x.shape, generator=generator).to(device), on_step=add_kl,
+    )
     return total / sampler.num_steps
 
 

@@ -25,7 +25,8 @@ from diffusers import AutoencoderKL, SD3Transformer2DModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from mogen.models.tokenizer import build_clip_tokenizer
-from mogen.sampling import flow_sde_step, ode_step, timesteps
+from mogen.sampling import timesteps
+from mogen.trajectory import sample_trajectory
 
 BUILTIN_TINY = "builtin:tiny"
 MODEL_INDEX = "model_index.json"
@@ -262,13 +263,9 @@ class TinyT2I(torch.nn.Module):
         cond = self.encode_prompts(prompts)
         shape = (len(prompts), *self.latent_shape)
         x = torch.randn(shape, generator=generator).to(self.device)
-        times = timesteps(num_steps, self.sample_shift)
-        for t, t_next in zip(times[:-1].tolist(), times[1:].tolist()):
-            v = self.velocity(x, t, cond)
-            if sampler == "ode":
-                x = ode_step(v, x, t, t_next).prev_sample
-            else:
-                noise = torch.randn(shape, generator=generator).to(self.device)
-                step = flow_sde_step(v, x, t, t_next, eta, noise=noise)
-                x = step.mean if t_next == 0.0 else step.prev_sample  # noise on the final image would only blur it
+        x = sample_trajectory(
+            lambda x_t, t: self.velocity(x_t, t, cond), x, timesteps(num_steps, self.sample_shift),
+            stochastic=range(num_steps) if sampler == "sde" else (), kind="sde", eta=eta,
+            noise=lambda: torch.randn(shape, generator=generator).to(self.device), mean_at_end=sampler == "sde",
+        )
         return self.decode(x)
