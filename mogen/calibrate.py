@@ -35,7 +35,7 @@ from rich.table import Table
 from mogen.config import ConfigError, Recipe
 from mogen.losses import gaussian_kl
 from mogen.models.contract import index_cond
-from mogen.rollout import STEP_KERNELS
+from mogen.sampling import STEP_KERNELS
 from mogen.trainer import Batch, Components, build_components, collect_batch, needs_ref_kl, update_policy
 from mogen.update import Visit, moved_from_rollout
 
