@@ -20,7 +20,14 @@ import torch
 import yaml
 from accelerate import PartialState
 from accelerate.utils import extract_model_from_parallel
-from diffusers import FluxPipeline, FluxTransformer2DModel, SD3Transformer2DModel, StableDiffusion3Pipeline
+from diffusers import (
+    FluxPipeline,
+    FluxTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+    ZImagePipeline,
+    ZImageTransformer2DModel,
+)
 from peft import LoraConfig as PeftLoraConfig
 from pydantic import ValidationError
 from safetensors.torch import load_file
@@ -33,6 +40,7 @@ FORMATS: dict[str, tuple[type, type]] = {  # family -> (pipeline that saves/load
     "sd3": (StableDiffusion3Pipeline, SD3Transformer2DModel),
     "tiny": (StableDiffusion3Pipeline, SD3Transformer2DModel),
     "flux": (FluxPipeline, FluxTransformer2DModel),
+    "zimage": (ZImagePipeline, ZImageTransformer2DModel),
 }
 
 
