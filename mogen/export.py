@@ -21,6 +21,8 @@ import yaml
 from accelerate import PartialState
 from accelerate.utils import extract_model_from_parallel
 from diffusers import (
+    Flux2Pipeline,
+    Flux2Transformer2DModel,
     FluxPipeline,
     FluxTransformer2DModel,
     SD3Transformer2DModel,
@@ -40,6 +42,7 @@ FORMATS: dict[str, tuple[type, type]] = {  # family -> (pipeline that saves/load
     "sd3": (StableDiffusion3Pipeline, SD3Transformer2DModel),
     "tiny": (StableDiffusion3Pipeline, SD3Transformer2DModel),
     "flux": (FluxPipeline, FluxTransformer2DModel),
+    "flux2": (Flux2Pipeline, Flux2Transformer2DModel),  # dev and klein share Flux2LoraLoaderMixin
     "zimage": (ZImagePipeline, ZImageTransformer2DModel),
 }
 

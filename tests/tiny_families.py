@@ -1,4 +1,4 @@
-"""Tiny random-weight pipelines of the 2026 families (Z-Image, ...), built offline from configs, for tests.
+"""Tiny random-weight pipelines of the 2026 families (Z-Image, FLUX.2 klein, ...), built offline from configs, for tests.
 
 Every component is the real diffusers/transformers class with a small config. The Qwen-style chat tokenizer is a
 byte-level BPE without merges made with the `tokenizers` library, with the ChatML special tokens and a chat
@@ -11,9 +11,28 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+from diffusers import (
+    AutoencoderKLFlux2,
+    FlowMatchEulerDiscreteScheduler,
+    Flux2KleinPipeline,
+    Flux2Pipeline,
+    Flux2Transformer2DModel,
+    ZImagePipeline,
+    ZImageTransformer2DModel,
+)
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3Model
+from transformers import (
+    Mistral3Config,
+    Mistral3ForConditionalGeneration,
+    MistralConfig,
+    PixtralImageProcessor,
+    PixtralProcessor,
+    PixtralVisionConfig,
+    PreTrainedTokenizerFast,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+    Qwen3Model,
+)
 
 from tiny_pipelines import IMAGE_SIZE, LATENT_CHANNELS, _vae
 
@@ -26,28 +45,55 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_chat_tokenizer(folder: Path) -> PreTrainedTokenizerFast:
-    """A Qwen-like tokenizer: byte-level BPE over the 256 byte symbols (no merges) plus the ChatML tokens."""
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {symbol: i for i, symbol in enumerate(sorted(alphabet))}
+# Mistral's instruction format over content lists ([{"type": "text", "text": ...}]), as FLUX.2-dev's prompts come
+MISTRAL_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}[SYSTEM_PROMPT]{% for c in m['content'] %}{{ c['text'] }}"
+    "{% endfor %}[/SYSTEM_PROMPT]{% else %}[INST]{% for c in m['content'] %}{{ c['text'] }}{% endfor %}[/INST]{% endif %}"
+    "{% endfor %}"
+)
+MISTRAL_SPECIAL_TOKENS = ["[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[IMG]", "[IMG_BREAK]", "[IMG_END]"]
+
+
+def _byte_level_bpe() -> Tokenizer:
+    """Byte-level BPE over the 256 byte symbols, without merges: every byte of the text is one token."""
+    vocab = {symbol: i for i, symbol in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
+    return backend
+
+
+def build_chat_tokenizer(folder: Path) -> PreTrainedTokenizerFast:
+    """A Qwen-like tokenizer: byte-level BPE plus the ChatML tokens and template."""
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<|endoftext|>", eos_token="<|im_end|>", chat_template=CHAT_TEMPLATE,
+        tokenizer_object=_byte_level_bpe(), pad_token="<|endoftext|>", eos_token="<|im_end|>", chat_template=CHAT_TEMPLATE,
         additional_special_tokens=CHAT_SPECIAL_TOKENS[1:], padding_side="right",
     )
     tokenizer.save_pretrained(folder)
     return PreTrainedTokenizerFast.from_pretrained(folder)
 
 
-def _qwen3(tokenizer) -> Qwen3Model:
-    config = Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=QWEN_HIDDEN, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=2048,
+def build_mistral_processor(folder: Path) -> PixtralProcessor:
+    """A Mistral-3-like processor (Pixtral image processor + byte-level tokenizer with Mistral's special tokens)."""
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=_byte_level_bpe(), bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+        additional_special_tokens=MISTRAL_SPECIAL_TOKENS, chat_template=MISTRAL_TEMPLATE,
+    )
+    processor = PixtralProcessor(PixtralImageProcessor(patch_size=4), tokenizer, patch_size=4, chat_template=MISTRAL_TEMPLATE)
+    processor.save_pretrained(folder)
+    return PixtralProcessor.from_pretrained(folder)
+
+
+def _qwen3_config(tokenizer, hidden: int, layers: int) -> Qwen3Config:
+    return Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=hidden // 2, max_position_embeddings=2048,
         pad_token_id=tokenizer.pad_token_id,
     )
-    return Qwen3Model(config)
+
+
+def _qwen3(tokenizer) -> Qwen3Model:
+    return Qwen3Model(_qwen3_config(tokenizer, QWEN_HIDDEN, 2))
 
 
 def build_zimage_pipeline(work_dir: Path, seed: int = 0) -> ZImagePipeline:
@@ -66,4 +112,73 @@ def build_zimage_pipeline(work_dir: Path, seed: int = 0) -> ZImagePipeline:
 
 def save_zimage_pipeline(folder: Path, seed: int = 0) -> Path:
     build_zimage_pipeline(folder.parent / f"{folder.name}-tokenizers", seed).save_pretrained(folder)
+    return folder
+
+
+FLUX2_TEXT_HIDDEN = 8  # the pipelines concatenate three hidden states per token: 3 x 8 = the transformer's text width
+FLUX2_TEXT_LAYERS = 27  # klein reads hidden states 9, 18 and 27, so the encoder needs 27 layers (narrow ones)
+
+
+def _flux2_vae() -> AutoencoderKLFlux2:
+    """FLUX.2's VAE layout, tiny; its batch-norm statistics (which normalize the patch latents) made non-trivial."""
+    vae = AutoencoderKLFlux2(
+        block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1, latent_channels=LATENT_CHANNELS, norm_num_groups=8, mid_block_add_attention=False,
+        sample_size=IMAGE_SIZE,
+    )
+    vae.bn.running_mean.copy_(torch.randn(vae.bn.num_features) * 0.3)
+    vae.bn.running_var.copy_(torch.rand(vae.bn.num_features) + 0.5)
+    return vae
+
+
+def _flux2_transformer(guidance_embeds: bool) -> Flux2Transformer2DModel:
+    return Flux2Transformer2DModel(
+        in_channels=4 * LATENT_CHANNELS, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=3 * FLUX2_TEXT_HIDDEN, timestep_guidance_channels=32, axes_dims_rope=(4, 4, 4, 4),
+        guidance_embeds=guidance_embeds,
+    )
+
+
+def _mistral3(processor: PixtralProcessor) -> Mistral3ForConditionalGeneration:
+    """Mistral-3 with a tiny Pixtral vision tower (unused for text) and 30 narrow layers (dev reads 10, 20 and 30)."""
+    tokenizer = processor.tokenizer
+    text = MistralConfig(
+        vocab_size=len(tokenizer), hidden_size=FLUX2_TEXT_HIDDEN, intermediate_size=16, num_hidden_layers=30,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=4, pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = PixtralVisionConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2, image_size=16,
+                                 patch_size=4, head_dim=4)
+    config = Mistral3Config(text_config=text, vision_config=vision, image_token_index=processor.image_token_id, spatial_merge_size=1)
+    return Mistral3ForConditionalGeneration(config)
+
+
+def build_flux2_pipeline(work_dir: Path, seed: int = 0) -> Flux2Pipeline:
+    """FLUX.2-dev layout: a Mistral-3 text encoder, the guidance embedding (guidance-distilled, no CFG pass)."""
+    torch.manual_seed(seed)
+    processor = build_mistral_processor(work_dir / "mistral_processor")
+    return Flux2Pipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True),  # mu comes from the pipeline
+        vae=_flux2_vae(), text_encoder=_mistral3(processor), tokenizer=processor,
+        transformer=_flux2_transformer(guidance_embeds=True),
+    )
+
+
+def save_flux2_pipeline(folder: Path, seed: int = 0) -> Path:
+    build_flux2_pipeline(folder.parent / f"{folder.name}-tokenizers", seed).save_pretrained(folder)
+    return folder
+
+
+def build_flux2_klein_pipeline(work_dir: Path, seed: int = 0, is_distilled: bool = False) -> Flux2KleinPipeline:
+    """FLUX.2 klein layout: a Qwen3 causal LM as text encoder, no guidance embedding; base (CFG) or step-distilled."""
+    torch.manual_seed(seed)
+    tokenizer = build_chat_tokenizer(work_dir / "chat_tokenizer")
+    return Flux2KleinPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True),  # mu comes from the pipeline
+        vae=_flux2_vae(), text_encoder=Qwen3ForCausalLM(_qwen3_config(tokenizer, FLUX2_TEXT_HIDDEN, FLUX2_TEXT_LAYERS)),
+        tokenizer=tokenizer, transformer=_flux2_transformer(guidance_embeds=False), is_distilled=is_distilled,
+    )
+
+
+def save_flux2_klein_pipeline(folder: Path, seed: int = 0, is_distilled: bool = False) -> Path:
+    build_flux2_klein_pipeline(folder.parent / f"{folder.name}-tokenizers", seed, is_distilled).save_pretrained(folder)
     return folder

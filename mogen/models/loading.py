@@ -13,6 +13,7 @@ from mogen.rollout import FlowPolicy
 ADAPTERS: dict[str, tuple[str, str]] = {
     "sd3": ("mogen.models.sd3", "SD3Policy"),
     "flux": ("mogen.models.flux", "FluxPolicy"),
+    "flux2": ("mogen.models.flux2", "Flux2Policy"),
     "zimage": ("mogen.models.zimage", "ZImagePolicy"),
 }
 
