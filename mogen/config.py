@@ -26,7 +26,7 @@ class _Section(BaseModel):
 
 class ModelConfig(_Section):
     name: str = Field("builtin:tiny", description="'builtin:tiny' or a local diffusers folder")
-    family: Literal["tiny", "sd3", "flux", "flux2", "zimage"] = "tiny"
+    family: Literal["tiny", "sd3", "flux", "flux2", "qwenimage", "zimage"] = "tiny"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     resolution: int | None = Field(None, ge=16, description="image side in pixels (sd3/flux); the model's default if unset")
     max_sequence_length: int | None = Field(None, ge=1, description="T5 tokens (sd3/flux); the pipeline's default if unset")

@@ -25,6 +25,8 @@ from diffusers import (
     Flux2Transformer2DModel,
     FluxPipeline,
     FluxTransformer2DModel,
+    QwenImagePipeline,
+    QwenImageTransformer2DModel,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
     ZImagePipeline,
@@ -43,6 +45,7 @@ FORMATS: dict[str, tuple[type, type]] = {  # family -> (pipeline that saves/load
     "tiny": (StableDiffusion3Pipeline, SD3Transformer2DModel),
     "flux": (FluxPipeline, FluxTransformer2DModel),
     "flux2": (Flux2Pipeline, Flux2Transformer2DModel),  # dev and klein share Flux2LoraLoaderMixin
+    "qwenimage": (QwenImagePipeline, QwenImageTransformer2DModel),
     "zimage": (ZImagePipeline, ZImageTransformer2DModel),
 }
 

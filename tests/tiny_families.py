@@ -1,4 +1,4 @@
-"""Tiny random-weight pipelines of the 2026 families (Z-Image, FLUX.2 klein, ...), built offline from configs, for tests.
+"""Tiny random-weight pipelines of the 2026 families (Z-Image, FLUX.2 dev and klein, Qwen-Image, ...), built offline from configs, for tests.
 
 Every component is the real diffusers/transformers class with a small config. The Qwen-style chat tokenizer is a
 byte-level BPE without merges made with the `tokenizers` library, with the ChatML special tokens and a chat
@@ -13,10 +13,13 @@ from pathlib import Path
 import torch
 from diffusers import (
     AutoencoderKLFlux2,
+    AutoencoderKLQwenImage,
     FlowMatchEulerDiscreteScheduler,
     Flux2KleinPipeline,
     Flux2Pipeline,
     Flux2Transformer2DModel,
+    QwenImagePipeline,
+    QwenImageTransformer2DModel,
     ZImagePipeline,
     ZImageTransformer2DModel,
 )
@@ -29,6 +32,8 @@ from transformers import (
     PixtralProcessor,
     PixtralVisionConfig,
     PreTrainedTokenizerFast,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
     Qwen3Config,
     Qwen3ForCausalLM,
     Qwen3Model,
@@ -37,7 +42,7 @@ from transformers import (
 from tiny_pipelines import IMAGE_SIZE, LATENT_CHANNELS, _vae
 
 QWEN_HIDDEN = 32
-CHAT_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHAT_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|image_pad|>", "<|video_pad|>"]
 # ChatML as Qwen's templates write it; enable_thinking=True adds nothing (Qwen3's template only acts on False)
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
@@ -181,4 +186,42 @@ def build_flux2_klein_pipeline(work_dir: Path, seed: int = 0, is_distilled: bool
 
 def save_flux2_klein_pipeline(folder: Path, seed: int = 0, is_distilled: bool = False) -> Path:
     build_flux2_klein_pipeline(folder.parent / f"{folder.name}-tokenizers", seed, is_distilled).save_pretrained(folder)
+    return folder
+
+
+def _qwen25_vl(tokenizer) -> Qwen2_5_VLForConditionalGeneration:
+    """Qwen2.5-VL with a one-block vision tower (unused for text) and a 2-layer language model."""
+    text = dict(
+        vocab_size=len(tokenizer), hidden_size=QWEN_HIDDEN, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}, max_position_embeddings=2048,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=QWEN_HIDDEN, patch_size=4,
+                  spatial_merge_size=1, temporal_patch_size=1, window_size=8, fullatt_block_indexes=[0])
+    ids = {f"{name}_id": tokenizer.convert_tokens_to_ids(f"<|{token}|>")
+           for name, token in [("vision_start_token", "vision_start"), ("image_token", "image_pad"), ("video_token", "video_pad")]}
+    return Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids))
+
+
+def build_qwenimage_pipeline(work_dir: Path, seed: int = 0) -> QwenImagePipeline:
+    """Qwen-Image layout: a Qwen2.5-VL encoder, the Wan-style causal 3D VAE on one-frame latents, an MMDiT."""
+    torch.manual_seed(seed)
+    tokenizer = build_chat_tokenizer(work_dir / "chat_tokenizer")
+    vae = AutoencoderKLQwenImage(
+        base_dim=8, z_dim=LATENT_CHANNELS, dim_mult=[1, 2], num_res_blocks=1, temperal_downsample=[False],
+        latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[1.5, 0.8, 2.0, 1.2],
+    )
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=4 * LATENT_CHANNELS, out_channels=LATENT_CHANNELS, num_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=QWEN_HIDDEN, axes_dims_rope=(4, 6, 6),
+    )
+    # Qwen-Image's dynamic shift (0.5 at 256 tokens to 0.9 at 8192); its shift_terminal is left out (see mogen.models.qwenimage)
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9, base_image_seq_len=256, max_image_seq_len=8192,
+    )
+    return QwenImagePipeline(scheduler=scheduler, vae=vae, text_encoder=_qwen25_vl(tokenizer), tokenizer=tokenizer, transformer=transformer)
+
+
+def save_qwenimage_pipeline(folder: Path, seed: int = 0) -> Path:
+    build_qwenimage_pipeline(folder.parent / f"{folder.name}-tokenizers", seed).save_pretrained(folder)
     return folder

@@ -14,6 +14,7 @@ ADAPTERS: dict[str, tuple[str, str]] = {
     "sd3": ("mogen.models.sd3", "SD3Policy"),
     "flux": ("mogen.models.flux", "FluxPolicy"),
     "flux2": ("mogen.models.flux2", "Flux2Policy"),
+    "qwenimage": ("mogen.models.qwenimage", "QwenImagePolicy"),
     "zimage": ("mogen.models.zimage", "ZImagePolicy"),
 }
 
