@@ -29,6 +29,8 @@ from diffusers import (
     QwenImageTransformer2DModel,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
+    WanPipeline,
+    WanTransformer3DModel,
     ZImagePipeline,
     ZImageTransformer2DModel,
 )
@@ -47,6 +49,7 @@ FORMATS: dict[str, tuple[type, type]] = {  # family -> (pipeline that saves/load
     "flux2": (Flux2Pipeline, Flux2Transformer2DModel),  # dev and klein share Flux2LoraLoaderMixin
     "qwenimage": (QwenImagePipeline, QwenImageTransformer2DModel),
     "zimage": (ZImagePipeline, ZImageTransformer2DModel),
+    "wan": (WanPipeline, WanTransformer3DModel),
 }
 
 

@@ -4,6 +4,7 @@
     scorer = reward_zoo.get("ocr", backend="tesseract")       # loaded once
     result = scorer(images, prompts)                          # images: float (B,3,H,W) in [0,1]
     result.scores, result.failed                              # float32 (B,), bool (B,)
+    reward_zoo.score_video(scorer, videos, prompts, frames=4, reduce="mean")  # videos: (B,F,3,H,W)
 
 See reward_zoo/README.md for the scorers and their arguments.
 """
@@ -18,6 +19,7 @@ from reward_zoo.base import (
     to_uint8_hwc,
 )
 from reward_zoo.registry import ENTRY_POINT_GROUP, RewardInfo, available, get, names
+from reward_zoo.video import frame_indices, score_video
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -28,8 +30,10 @@ __all__ = [
     "ScorerConfigError",
     "ScorerError",
     "available",
+    "frame_indices",
     "get",
     "names",
+    "score_video",
     "to_pil",
     "to_uint8_hwc",
 ]

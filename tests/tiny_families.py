@@ -1,4 +1,4 @@
-"""Tiny random-weight pipelines of the 2026 families (Z-Image, FLUX.2 dev and klein, Qwen-Image, ...), built offline from configs, for tests.
+"""Tiny random-weight pipelines of the 2026 families (Z-Image, FLUX.2 dev and klein, Qwen-Image, Wan 2.1), built offline from configs, for tests.
 
 Every component is the real diffusers/transformers class with a small config. The Qwen-style chat tokenizer is a
 byte-level BPE without merges made with the `tokenizers` library, with the ChatML special tokens and a chat
@@ -14,12 +14,15 @@ import torch
 from diffusers import (
     AutoencoderKLFlux2,
     AutoencoderKLQwenImage,
+    AutoencoderKLWan,
     FlowMatchEulerDiscreteScheduler,
     Flux2KleinPipeline,
     Flux2Pipeline,
     Flux2Transformer2DModel,
     QwenImagePipeline,
     QwenImageTransformer2DModel,
+    WanPipeline,
+    WanTransformer3DModel,
     ZImagePipeline,
     ZImageTransformer2DModel,
 )
@@ -37,9 +40,11 @@ from transformers import (
     Qwen3Config,
     Qwen3ForCausalLM,
     Qwen3Model,
+    UMT5Config,
+    UMT5EncoderModel,
 )
 
-from tiny_pipelines import IMAGE_SIZE, LATENT_CHANNELS, _vae
+from tiny_pipelines import IMAGE_SIZE, LATENT_CHANNELS, T5_HIDDEN, _vae, build_t5_tokenizer
 
 QWEN_HIDDEN = 32
 CHAT_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|image_pad|>", "<|video_pad|>"]
@@ -224,4 +229,34 @@ def build_qwenimage_pipeline(work_dir: Path, seed: int = 0) -> QwenImagePipeline
 
 def save_qwenimage_pipeline(folder: Path, seed: int = 0) -> Path:
     build_qwenimage_pipeline(folder.parent / f"{folder.name}-tokenizers", seed).save_pretrained(folder)
+    return folder
+
+
+VIDEO_FRAMES = 5  # 4 k + 1 for a VAE with temporal factor 4: 2 latent frames
+
+
+def build_wan_pipeline(work_dir: Path, seed: int = 0) -> WanPipeline:
+    """Wan 2.1 text-to-video layout: a UMT5 encoder, the causal 3D VAE (4x in time), a 3D DiT on (1, 2, 2) patches.
+
+    The scheduler is the flow-matching Euler one with Wan's 480p flow shift (3.0); released folders ship UniPC."""
+    torch.manual_seed(seed)
+    tokenizer = build_t5_tokenizer(work_dir / "t5_tokenizer")
+    text_encoder = UMT5EncoderModel(UMT5Config(
+        vocab_size=len(tokenizer), d_model=T5_HIDDEN, d_kv=8, d_ff=48, num_layers=1, num_heads=2,
+        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    ))
+    vae = AutoencoderKLWan(
+        base_dim=8, z_dim=LATENT_CHANNELS, dim_mult=[1, 2, 2], num_res_blocks=1, temperal_downsample=[True, True],
+        latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[1.5, 0.8, 2.0, 1.2], scale_factor_temporal=4, scale_factor_spatial=4,
+    )
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=LATENT_CHANNELS,
+        out_channels=LATENT_CHANNELS, text_dim=T5_HIDDEN, freq_dim=32, ffn_dim=48, num_layers=1, rope_max_seq_len=64,
+    )
+    return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                       scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
+
+
+def save_wan_pipeline(folder: Path, seed: int = 0) -> Path:
+    build_wan_pipeline(folder.parent / f"{folder.name}-tokenizers", seed).save_pretrained(folder)
     return folder

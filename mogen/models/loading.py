@@ -15,6 +15,7 @@ ADAPTERS: dict[str, tuple[str, str]] = {
     "flux": ("mogen.models.flux", "FluxPolicy"),
     "flux2": ("mogen.models.flux2", "Flux2Policy"),
     "qwenimage": ("mogen.models.qwenimage", "QwenImagePolicy"),
+    "wan": ("mogen.models.wan", "WanPolicy"),
     "zimage": ("mogen.models.zimage", "ZImagePolicy"),
 }
 
@@ -31,6 +32,10 @@ def load_policy(cfg: ModelConfig, device: torch.device | str, guidance_scale: fl
     options = {"resolution": cfg.resolution, "offload": cfg.offload}
     if cfg.max_sequence_length is not None:
         options["max_sequence_length"] = cfg.max_sequence_length
+    if cfg.num_frames is not None:
+        if cfg.family != "wan":
+            raise ConfigError(f"model.num_frames: model.family '{cfg.family}' makes images; remove the field")
+        options["num_frames"] = cfg.num_frames
     module, name = ADAPTERS[cfg.family]
     adapter = getattr(import_module(module), name)
     return adapter.from_pretrained(cfg.name, device=device, dtype=dtype, guidance_scale=guidance_scale, **options)
