@@ -78,3 +78,17 @@ def sample_grid(policy: FlowPolicy, prompts: list[str], sampler: SamplerConfig, 
     repeated = [p for p in prompts for _ in range(per_prompt)]
     images = generate(policy, repeated, sampler.num_steps, sampler.shift, generator, device)
     return labelled_grid(images, prompts, per_prompt)
+
+
+def write_samples(policy: FlowPolicy, prompts: list[str], per_prompt: int, num_steps: int, shift: float, seed: int, out: Path) -> list[Path]:
+    """ODE-sample `per_prompt` images (or videos) per prompt; write the labelled grid to `out` and, for a video
+    model, one looping GIF per prompt next to it (`<out stem>-<prompt index>.gif`, its samples side by side)."""
+    device = next(policy.transformer.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    images = generate(policy, [p for p in prompts for _ in range(per_prompt)], num_steps, shift, generator, device)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    labelled_grid(images, prompts, per_prompt, scale=4).save(out)
+    if images.ndim != 5:
+        return [out]
+    rows = images.unflatten(0, (len(prompts), per_prompt))  # (P, n, F, 3, H, W)
+    return [out, *save_gifs(rows.permute(0, 2, 3, 4, 1, 5).flatten(4), out.parent, stem=out.stem)]  # (P, F, 3, H, n W)

@@ -132,3 +132,19 @@ def test_num_frames_is_for_video_models_only(folder, tmp_path):
         load_policy(ModelConfig(name=str(tmp_path), family="sd3", num_frames=5), CPU)
     with pytest.raises(ValueError, match="num_frames must be 4 k \\+ 1"):
         WanPolicy.from_pretrained(folder, resolution=IMAGE_SIZE, num_frames=6)
+
+
+def test_mogen_sample_writes_a_grid_and_a_gif_per_prompt(folder, tmp_path):
+    out = tmp_path / "samples" / "wan.png"
+    args = ["sample", "--model", str(folder), "--family", "wan", "--resolution", str(IMAGE_SIZE), "--frames", str(VIDEO_FRAMES),
+            "--guidance", "5", "--shift", "3", "--steps", "2", "-n", "2", "-p", "two red circles", "-p", "a blue square", "-o", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    grid = Image.open(out)
+    assert grid.height == 2 * (4 * IMAGE_SIZE + 2)  # two prompt rows of frame strips
+    gifs = sorted(out.parent.glob("wan-*.gif"))
+    assert [g.name for g in gifs] == ["wan-0.gif", "wan-1.gif"]
+    gif = Image.open(gifs[0])
+    assert gif.n_frames == VIDEO_FRAMES and gif.size == (2 * IMAGE_SIZE, IMAGE_SIZE)  # the prompt's 2 videos side by side
+    bad = CliRunner().invoke(app, [*args[:8], "6", *args[9:]])
+    assert bad.exit_code == 2 and "num_frames must be 4 k + 1" in " ".join(bad.output.replace("│", " ").split())
