@@ -83,9 +83,11 @@ def policy_output(policy) -> torch.Tensor:
         return policy.velocity(x, torch.tensor([0.7, 0.3]), policy.encode_prompts(PROMPTS))
 
 
-def check_lora_export(policy, family: str, load_pipeline: Callable[[], object], wrap: Callable[[object], object], out: Path) -> None:
+def check_lora_export(policy, family: str, load_pipeline: Callable[[], object], wrap: Callable[[object], object], out: Path,
+                      target_modules: list[str] | None = None) -> None:
     """Export a random LoRA, load it into a fresh pipeline with load_lora_weights: the adapted velocity, not the base's."""
-    attach_lora(policy.transformer, LoraConfig(rank=4, alpha=12))  # alpha / rank = 3: diffusers must read the alpha
+    targets = {"target_modules": target_modules} if target_modules else {}
+    attach_lora(policy.transformer, LoraConfig(rank=4, alpha=12, **targets))  # alpha / rank = 3: diffusers must read the alpha
     randomize_lora(policy.transformer)
     expected = policy_output(policy)
     assert export_lora(policy.transformer, family, out) == out / LORA_WEIGHT_NAME

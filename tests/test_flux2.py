@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from family_checks import CPU, PROMPTS, check_lora_export, first_update_stats, ode_latents, run_pipeline, train_recipe_one_step
 from mogen.cli import app
-from mogen.config import ConfigError
+from mogen.config import ConfigError, load_recipe
 from mogen.models.flux2 import Flux2Policy
 from mogen.samples import generate
 from tiny_families import save_flux2_klein_pipeline, save_flux2_pipeline, save_zimage_pipeline
@@ -82,6 +82,7 @@ def test_exported_lora_loads_into_a_fresh_pipeline(folders, tmp_path, variant):
     check_lora_export(
         load(folders[variant], variant), "flux2", lambda: pipeline_class.from_pretrained(folders[variant], local_files_only=True),
         lambda pipe: Flux2Policy(pipe, CPU, resolution=IMAGE_SIZE, max_sequence_length=TEXT_LENGTH[variant]), tmp_path / "lora",
+        target_modules=load_recipe(RECIPE).lora.target_modules,  # the recipe's: single-stream blocks' fused projection too
     )
 
 
