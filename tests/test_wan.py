@@ -148,3 +148,21 @@ def test_mogen_sample_writes_a_grid_and_a_gif_per_prompt(folder, tmp_path):
     assert gif.n_frames == VIDEO_FRAMES and gif.size == (2 * IMAGE_SIZE, IMAGE_SIZE)  # the prompt's 2 videos side by side
     bad = CliRunner().invoke(app, [*args[:8], "6", *args[9:]])
     assert bad.exit_code == 2 and "num_frames must be 4 k + 1" in " ".join(bad.output.replace("│", " ").split())
+
+
+def test_forgetting_probes_run_on_a_video_model(folder):
+    """The training-time probe suite on videos: frame-scored verifier metrics, the exact KL to the base, diversity."""
+    from mogen.config import LoraConfig
+    from mogen.evaluation.probes import run_probes
+    from mogen.evaluation.suite import load_suite
+    from mogen.lora import attach_lora
+
+    policy = load(folder, guidance_scale=1.0)
+    attach_lora(policy.transformer, LoraConfig(rank=4, alpha=8))
+    suite = load_suite(Path(__file__).parents[1] / "recipes" / "eval" / "toy_quick.yaml")
+    for probe in suite.probes:
+        probe.prompts.limit = 2
+    suite.sampler.num_steps = 2
+    metrics = run_probes(policy, suite)
+    assert {"probe/heldout_count/count", "probe/heldout_position/position", "probe/kl_base/kl", "probe/diversity/pixel_distance"} <= set(metrics)
+    assert metrics["probe/kl_base/kl"] == 0.0 and metrics["probe/diversity/pixel_distance"] > 0  # LoRA B = 0: the base model
