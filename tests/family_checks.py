@@ -2,7 +2,8 @@
 
 (a) mogen's ODE sampler reproduces the pipeline's own __call__; (b) rollout + first update: ratio exactly 1 and
 KL exactly 0, then KL > 0; (c) the exported LoRA loads with the pipeline's load_lora_weights and gives the
-adapted policy's velocity; (d) the family's recipe trains one real step on the tiny pipeline.
+adapted policy's velocity; (d) the family's recipe validates with `mogen align --dry-run` and trains one real step on the tiny pipeline
+(`mogen align --set ...`).
 """
 
 from __future__ import annotations
@@ -12,15 +13,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import yaml
 from accelerate import Accelerator
+from typer.testing import CliRunner
 
-from mogen.config import AlgorithmConfig, LoraConfig, load_recipe
+from mogen.cli import app
+from mogen.config import AlgorithmConfig, LoraConfig, Recipe, load_recipe
 from mogen.export import LORA_WEIGHT_NAME, export_lora
 from mogen.lora import adapter_disabled, attach_lora
 from mogen.objectives import Advantages
 from mogen.rollout import collect_rollout
 from mogen.sampling import ode_step, timesteps
-from mogen.trainer import align
 from mogen.update import UpdateInputs, policy_update
 
 PROMPTS = ["two red circles", "a blue square left of a green triangle"]
@@ -99,13 +102,19 @@ def check_lora_export(policy, family: str, load_pipeline: Callable[[], object], 
 
 
 def train_recipe_one_step(recipe_path: Path, model: Path, image_size: int, run_dir: Path, extra: list[str] = ()) -> dict:
-    """The recipe as published with the model path, size and cost overridden: one real step of its algorithm."""
-    recipe = load_recipe(recipe_path, [
+    """`mogen align` on the recipe as published, with the model path, size and cost overridden: the dry run prints
+    the recipe's own settings, then one real step of its algorithm runs and leaves a diffusers LoRA."""
+    runner = CliRunner()
+    dry = runner.invoke(app, ["align", "--recipe", str(recipe_path), "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert load_recipe(recipe_path) == Recipe.model_validate(yaml.safe_load(dry.output))
+    overrides = [
         f"model.name={model}", f"model.resolution={image_size}", "model.dtype=float32", "train.mixed_precision=no",
         "rollout.prompts_per_batch=1", "rollout.group_size=2", "train.steps=1", "train.log_with=[]",
         "prompts={source: toyworld}", "rewards=[{name: vivid}, {name: compressibility}]", f"output_dir={run_dir}", *extra,
-    ])
-    run = align(recipe)
-    (metrics,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert (run / "lora" / LORA_WEIGHT_NAME).is_file()
+    ]
+    result = runner.invoke(app, ["align", "--recipe", str(recipe_path), *[arg for o in overrides for arg in ("--set", o)]])
+    assert result.exit_code == 0, result.output
+    (metrics,) = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert (run_dir / "lora" / LORA_WEIGHT_NAME).is_file()
     return metrics
