@@ -10,7 +10,7 @@ from diffusers import Flux2KleinPipeline, Flux2Pipeline
 
 from family_checks import CPU, PROMPTS, check_lora_export, first_update_stats, ode_latents, run_pipeline, train_recipe_one_step
 from mogen.config import ConfigError, load_recipe
-from mogen.models.flux2 import Flux2Policy
+from mogen.models.flux2 import Flux2Policy, text_ids
 from mogen.samples import generate
 from tiny_families import save_flux2_klein_pipeline, save_flux2_pipeline, save_zimage_pipeline
 from tiny_pipelines import IMAGE_SIZE, LATENT_CHANNELS
@@ -94,3 +94,8 @@ def test_loading_errors_name_the_path(folders, tmp_path):
         Flux2Policy.from_pretrained(save_zimage_pipeline(tmp_path / "zimage"))
     with pytest.raises(ValueError, match="resolution must be a positive multiple of 4"):
         Flux2Policy.from_pretrained(folders["klein"], resolution=30)
+
+
+def test_text_ids_are_the_pipelines():
+    embeds = torch.zeros(2, 7, 24)
+    assert torch.equal(text_ids(7, CPU), Flux2KleinPipeline._prepare_text_ids(embeds)[0])

@@ -33,6 +33,12 @@ from mogen.rollout import Conditioning
 PIPELINES = {"Flux2Pipeline": Flux2Pipeline, "Flux2KleinPipeline": Flux2KleinPipeline}
 
 
+def text_ids(length: int, device: torch.device) -> torch.Tensor:
+    """The (length, 4) positions (0, 0, 0, token) of the text tokens, built on `device` (the pipeline's _prepare_text_ids)."""
+    zeros = torch.zeros(length, dtype=torch.long, device=device)
+    return torch.stack([zeros, zeros, zeros, torch.arange(length, device=device)], dim=-1)
+
+
 class Flux2Policy:
     """The FlowPolicy of a FLUX.2 dev or klein pipeline. Only `transformer` trains; everything else is frozen."""
 
@@ -151,7 +157,7 @@ class Flux2Policy:
             timestep=timestep,
             guidance=guidance,
             encoder_hidden_states=embeds,
-            txt_ids=self.pipeline._prepare_text_ids(embeds[:1])[0].to(x.device),
+            txt_ids=text_ids(embeds.shape[1], x.device),
             img_ids=self.image_ids,
             return_dict=False,
         )[0]
