@@ -78,3 +78,17 @@ def test_loading_errors_name_the_path(folder, tmp_path):
         ZImagePolicy.from_pretrained(sd3)
     with pytest.raises(ValueError, match="guidance_scale must be >= 1"):
         load(folder, guidance_scale=0.0)
+
+
+def test_mogen_sample_writes_an_image_grid(folder, tmp_path):
+    from typer.testing import CliRunner
+
+    from mogen.cli import app
+
+    out = tmp_path / "zimage.png"
+    result = CliRunner().invoke(app, ["sample", "--model", str(folder), "--family", "zimage", "--resolution", str(IMAGE_SIZE),
+                                      "--steps", "2", "--shift", "3", "-n", "2", "-p", "two red circles", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and not list(tmp_path.glob("*.gif"))  # images: the grid only
+    sde = CliRunner().invoke(app, ["sample", "--model", str(folder), "--family", "zimage", "--sampler", "sde", "-p", "x"])
+    assert sde.exit_code == 2
