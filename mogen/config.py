@@ -26,11 +26,12 @@ class _Section(BaseModel):
 
 class ModelConfig(_Section):
     name: str = Field("builtin:tiny", description="'builtin:tiny' or a local diffusers folder")
-    family: Literal["tiny", "sd3", "flux"] = "tiny"
+    family: Literal["tiny", "sd3", "flux", "flux2", "qwenimage", "zimage", "wan"] = "tiny"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    resolution: int | None = Field(None, ge=16, description="image side in pixels (sd3/flux); the model's default if unset")
-    max_sequence_length: int | None = Field(None, ge=1, description="T5 tokens (sd3/flux); the pipeline's default if unset")
-    offload: bool = Field(False, description="keep text encoders and VAE on the CPU except while they run (sd3/flux)")
+    resolution: int | None = Field(None, ge=16, description="image side in pixels (diffusers families); the model's default if unset")
+    max_sequence_length: int | None = Field(None, ge=1, description="text tokens (diffusers families); the pipeline's default if unset")
+    num_frames: int | None = Field(None, ge=1, description="frames per video (wan: 4 k + 1); the pipeline's default if unset")
+    offload: bool = Field(False, description="keep text encoders and VAE on the CPU except while they run (diffusers families)")
     gradient_checkpointing: bool = Field(False, description="recompute transformer activations in backward (memory)")
 
 
@@ -102,6 +103,8 @@ class RewardConfig(ScorerSpec):
     weight: float = 1.0
     kl_budget: float | None = Field(None, gt=0, description="this objective's DPPO delta; algorithm.delta if unset")
     max_ref_kl: float | None = Field(None, gt=0, description="stop this objective while KL to base exceeds this")
+    frames: int | list[int] = Field(4, description="video models: score this many evenly spaced frames, or these indices")
+    frame_reduce: Literal["mean", "min"] = Field("mean", description="video models: a video's score from its frames' scores")
 
 
 class AdvantageConfig(_Section):

@@ -20,7 +20,20 @@ import torch
 import yaml
 from accelerate import PartialState
 from accelerate.utils import extract_model_from_parallel
-from diffusers import FluxPipeline, FluxTransformer2DModel, SD3Transformer2DModel, StableDiffusion3Pipeline
+from diffusers import (
+    Flux2Pipeline,
+    Flux2Transformer2DModel,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    QwenImagePipeline,
+    QwenImageTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+    WanPipeline,
+    WanTransformer3DModel,
+    ZImagePipeline,
+    ZImageTransformer2DModel,
+)
 from peft import LoraConfig as PeftLoraConfig
 from pydantic import ValidationError
 from safetensors.torch import load_file
@@ -33,6 +46,10 @@ FORMATS: dict[str, tuple[type, type]] = {  # family -> (pipeline that saves/load
     "sd3": (StableDiffusion3Pipeline, SD3Transformer2DModel),
     "tiny": (StableDiffusion3Pipeline, SD3Transformer2DModel),
     "flux": (FluxPipeline, FluxTransformer2DModel),
+    "flux2": (Flux2Pipeline, Flux2Transformer2DModel),  # dev and klein share Flux2LoraLoaderMixin
+    "qwenimage": (QwenImagePipeline, QwenImageTransformer2DModel),
+    "zimage": (ZImagePipeline, ZImageTransformer2DModel),
+    "wan": (WanPipeline, WanTransformer3DModel),
 }
 
 

@@ -44,6 +44,8 @@ class Objectives:
     weights: torch.Tensor  # (K,)
     kl_budgets: list[float | None]
     max_ref_kls: list[float | None]
+    frames: list[int | list[int]]  # video models: which frames each scorer sees, and how their scores reduce
+    frame_reduces: list[str]
 
     @classmethod
     def build(cls, cfgs: list[RewardConfig], device: torch.device) -> Objectives:
@@ -60,6 +62,8 @@ class Objectives:
             weights=torch.tensor([c.weight for c in cfgs], dtype=torch.float32),
             kl_budgets=[c.kl_budget for c in cfgs],
             max_ref_kls=[c.max_ref_kl for c in cfgs],
+            frames=[c.frames for c in cfgs],
+            frame_reduces=[c.frame_reduce for c in cfgs],
         )
 
     def deltas(self, default: float, mode: str) -> torch.Tensor:
@@ -72,10 +76,16 @@ class Objectives:
         return ["total"] if mode == "sum_then_normalize" else list(self.keys)
 
     def score(self, images: torch.Tensor, prompts: list[str]) -> Scores:
-        """Score every objective; scores of lower-is-better scorers are negated so that higher is better."""
+        """Score every objective; scores of lower-is-better scorers are negated so that higher is better.
+
+        `images` is (B, 3, H, W), or (B, F, 3, H, W) videos: then each scorer sees its reward's `frames`, reduced
+        by its `frame_reduce` (reward_zoo.score_video)."""
         rows, failed = [], torch.zeros(len(prompts), dtype=torch.bool, device=images.device)
-        for scorer in self.scorers:
-            result = scorer(images, prompts)
+        for i, scorer in enumerate(self.scorers):
+            if images.ndim == 5:
+                result = reward_zoo.score_video(scorer, images, prompts, self.frames[i], self.frame_reduces[i])
+            else:
+                result = scorer(images, prompts)
             sign = 1.0 if scorer.higher_is_better else -1.0
             scores = sign * result.scores.to(images.device)
             if "applicable" in result.details:  # e.g. a position score on a count prompt: no score, not a failure

@@ -13,7 +13,7 @@ from mogen.cli_errors import user_errors
 def eval_command(
     suite: Path = typer.Option(..., "--suite", "-s", help="Suite YAML, e.g. recipes/eval/toy_forgetting.yaml."),
     model: str | None = typer.Option(None, "--model", "-m", help="'builtin:tiny' or a local model folder; default: the run's model, else builtin:tiny."),
-    family: str | None = typer.Option(None, "--family", help="tiny, sd3 or flux; default: the run's, else tiny."),
+    family: str | None = typer.Option(None, "--family", help="tiny, sd3, flux, flux2, qwenimage, zimage or wan; default: the run's, else tiny."),
     lora: Path | None = typer.Option(None, "--lora", help="A run folder, its lora/ folder, or a checkpoint folder (checkpoints/step-N)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Report folder; default <run>/eval/<suite>[-step-N], or eval/<suite> for the base alone."),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ...; default cuda when available."),

@@ -102,7 +102,7 @@ def _batched_velocity(policy: FlowPolicy, parts: list[slice], conds: list) -> Ve
 
 @torch.no_grad()
 def sample_images(policy: FlowPolicy, prompts: list[str], sampler: ProbeSampler) -> torch.Tensor:
-    """Deterministic ODE samples (B, 3, H, W) in [0, 1], one per entry of `prompts`, from seed `sampler.seed`."""
+    """Deterministic ODE samples (B, 3, H, W) in [0, 1] (videos: (B, F, 3, H, W)), one per entry of `prompts`."""
     _, _, x, parts, conds, times = _trajectory_start(policy, prompts, sampler)
     x = sample_trajectory(_batched_velocity(policy, parts, conds), x, times)
     return torch.cat([policy.decode(x[p]).float().clamp(0, 1) for p in parts])
@@ -255,7 +255,8 @@ def _run_probe(policy, probe: Probe, suite: Suite, reference: ContextFactory, re
             result.notes.append(f"{metric}: skipped, scorer '{spec.name}' cannot run here: {scorer}")
             continue
         try:
-            scored = scorer(images, repeated)
+            # videos (B, F, 3, H, W): the image scorer on 4 evenly spaced frames, averaged per video
+            scored = reward_zoo.score_video(scorer, images, repeated) if images.ndim == 5 else scorer(images, repeated)
         except reward_zoo.ScorerError as err:  # failed on every sample: report it, keep the other probes
             result.notes.append(f"{metric}: skipped, {err}")
             continue

@@ -1,0 +1,141 @@
+"""Wan 2.1 text-to-video as a FlowPolicy: a WanPipeline from a local folder, LoRA on its WanTransformer3DModel.
+
+Conventions (checked against the pipeline's own sampling loop in tests/test_wan.py):
+    latents carry a time axis: `latent_shape` is (C, F_latent, H/8, W/8) with F_latent = (num_frames - 1) / 4 + 1
+    (the VAE's temporal factor), in the VAE's normalized space (the pipeline's (x - mean) / std); the sampler, the
+    rollout and the KL treat them like image latents with one more axis;
+    flow time t in [0, 1] is the scheduler's sigma; the transformer's timestep is sigma * 1000;
+    classifier-free guidance against the empty prompt (the pipeline's default negative prompt),
+    v = v_u + g (v_c - v_u) in one forward on the doubled batch; g = 1 is off;
+    the prompt is UMT5's last hidden state, zero-padded to max_sequence_length as the pipeline does;
+    `decode` returns videos (B, F, 3, H, W) in [0, 1]: image scorers see sampled frames (mogen.rewards).
+Not covered: Wan 2.2's second (low-noise) transformer and per-token timesteps (the TI2V-5B), which train two
+adapters or condition differently. Released Wan folders ship a multistep UniPC scheduler; mogen samples with
+Euler/SDE steps on the same flow shift (the scheduler's `flow_shift` or `shift`), as the peers' Wan recipes do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import WanPipeline
+
+from mogen.config import ConfigError
+from mogen.models.common import check_pipeline_folder, check_prompts, freeze_and_place, latent_size, on_device
+from mogen.models.contract import Conditioning
+
+
+class WanPolicy:
+    """The FlowPolicy of a Wan text-to-video pipeline. Only `transformer` trains; everything else is frozen."""
+
+    def __init__(
+        self,
+        pipeline: WanPipeline,
+        device: torch.device | str,
+        guidance_scale: float = 5.0,
+        resolution: int | None = None,
+        num_frames: int = 81,
+        max_sequence_length: int = 512,
+        offload: bool = False,
+    ):
+        if guidance_scale < 1:
+            raise ValueError(f"guidance_scale must be >= 1 (1 disables classifier-free guidance), got {guidance_scale}")
+        if pipeline.transformer_2 is not None or pipeline.config.expand_timesteps:
+            raise ConfigError("model.family 'wan' trains Wan 2.1-style pipelines: one transformer, one timestep per sample")
+        temporal = pipeline.vae_scale_factor_temporal
+        if num_frames < 1 or (num_frames - 1) % temporal:
+            raise ValueError(f"num_frames must be {temporal} k + 1 for this VAE (e.g. {4 * temporal + 1}), got {num_frames}")
+        self.pipeline = pipeline
+        self.transformer: torch.nn.Module = pipeline.transformer
+        self.vae = pipeline.vae
+        self.text_encoders = [pipeline.text_encoder]
+        self.device = torch.device(device)
+        self.dtype = pipeline.transformer.dtype  # read once: the trainer may wrap the transformer (DDP) later
+        self.guidance_scale = guidance_scale
+        self.max_sequence_length = max_sequence_length
+        self.offload = offload
+        self.num_frames = num_frames
+        size = latent_size(resolution or 480, pipeline.vae_scale_factor_spatial, pipeline.transformer.config.patch_size[1])
+        frames = (num_frames - 1) // temporal + 1
+        self.latent_shape: tuple[int, int, int, int] = (pipeline.transformer.config.in_channels, frames, size, size)
+        channels = self.vae.config.z_dim
+        self.latents_mean = torch.tensor(self.vae.config.latents_mean).view(1, channels, 1, 1, 1)
+        self.latents_std = torch.tensor(self.vae.config.latents_std).view(1, channels, 1, 1, 1)
+
+        freeze_and_place(self.transformer, [self.vae, *self.text_encoders], self.device, offload)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        guidance_scale: float = 5.0,
+        *,
+        resolution: int | None = None,
+        num_frames: int = 81,
+        max_sequence_length: int = 512,
+        offload: bool = False,
+    ) -> WanPolicy:
+        """Load a local WanPipeline folder (no hub access) in `dtype` onto `device`.
+
+        guidance_scale: the CFG scale (5.0, the pipeline's; 1 = off).
+        resolution: square frame side in pixels (default 480).
+        num_frames: frames per video, 4 k + 1 (81, the pipeline's default).
+        max_sequence_length: UMT5 tokens (512, the pipeline's).
+        offload: keep the text encoder and the VAE on the CPU, moving them to `device` only while they run.
+        """
+        folder = check_pipeline_folder(path, "wan", "WanTransformer3DModel")
+        try:
+            pipeline = WanPipeline.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
+        except (OSError, ValueError, TypeError) as err:
+            raise ConfigError(f"{folder}: cannot load it as a WanPipeline: {str(err).splitlines()[0]}") from None
+        pipeline.set_progress_bar_config(disable=True)
+        return cls(pipeline, device, guidance_scale, resolution, num_frames, max_sequence_length, offload)
+
+    @property
+    def guided(self) -> bool:
+        return self.guidance_scale > 1
+
+    @property
+    def schedule_shift(self) -> float:
+        """The scheduler's flow shift (UniPC's `flow_shift`, Euler's `shift`): 3.0 at 480p, 5.0 at 720p."""
+        config = self.pipeline.scheduler.config
+        return float(config.get("flow_shift") or config.get("shift", 1.0))
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> Conditioning:
+        """prompt_embeds (B, max_sequence_length, D) through the pipeline's own encode_prompt; with guidance also the
+        empty prompt's negative_prompt_embeds, one copy per sample."""
+        prompts = check_prompts(prompts)
+        with on_device(self.text_encoders, self.device, self.offload):
+            embeds, negative = self.pipeline.encode_prompt(
+                prompt=prompts, do_classifier_free_guidance=self.guided, max_sequence_length=self.max_sequence_length,
+                device=self.device,
+            )
+        cond = {"prompt_embeds": embeds}
+        if self.guided:
+            cond["negative_prompt_embeds"] = negative
+        return cond
+
+    def velocity(self, latents: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """v(x_t, t) on (B, C, F, h, w) latents, float32; guided whenever `cond` carries negative embeddings."""
+        x, timestep, embeds = latents.to(self.dtype), t.float() * 1000, cond["prompt_embeds"].to(self.dtype)
+        guided = "negative_prompt_embeds" in cond
+        if guided:  # one forward on [uncond; cond]
+            x, timestep = torch.cat([x, x]), torch.cat([timestep, timestep])
+            embeds = torch.cat([cond["negative_prompt_embeds"].to(self.dtype), embeds])
+        out = self.transformer(hidden_states=x, timestep=timestep, encoder_hidden_states=embeds, return_dict=False)[0].float()
+        if not guided:
+            return out
+        v_uncond, v_cond = out.chunk(2)
+        return v_uncond + self.guidance_scale * (v_cond - v_uncond)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalized latents (B, C, F_latent, h, w) -> videos (B, num_frames, 3, H, W) in [0, 1], float32."""
+        with on_device([self.vae], self.device, self.offload):
+            z = latents.to(self.device, self.vae.dtype)
+            z = z * self.latents_std.to(z) + self.latents_mean.to(z)
+            video = self.vae.decode(z, return_dict=False)[0]  # (B, 3, F, H, W) in [-1, 1]
+        return (video.float() / 2 + 0.5).clamp(0, 1).transpose(1, 2)
