@@ -122,9 +122,35 @@ def split_checkpoint(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Te
             backbone["language_model." + key.removeprefix("model.")] = tensor
         else:
             unknown.append(key)
-    if unknown or not head:
-        raise ValueError(f"not an HPSv3 checkpoint: {'no rm_head.* weights' if not head else f'unknown keys {unknown[:3]}'}")
+    if not head:
+        raise ValueError("not an HPSv3 checkpoint: it has no rm_head.* weights")
+    if unknown:
+        raise ValueError(f"not an HPSv3 checkpoint: unknown keys {unknown[:3]}")
     return backbone, head
+
+
+def build_model(checkpoint_path: str, base_dir: str, reward_token_id: int) -> tuple[nn.Module, HPSv3Head]:
+    """(Qwen2VLModel, head) with the checkpoint's tensors, built from the base config without a random init."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, Qwen2VLModel
+
+    backbone_state, head_state = split_checkpoint(read_checkpoint(checkpoint_path))
+    config = AutoConfig.from_pretrained(base_dir, local_files_only=True)
+    if config.model_type != "qwen2_vl":
+        raise ValueError(f"the base config is a {config.model_type!r} model; HPSv3 is a Qwen2-VL-7B-Instruct")
+    vocab = backbone_state.get("language_model.embed_tokens.weight")
+    if vocab is None or reward_token_id >= vocab.shape[0]:
+        raise ValueError(f"the checkpoint has no embedding row for {REWARD_TOKEN} (id {reward_token_id} in the tokenizer)")
+    if not {"0.weight", "3.weight", "5.weight"} <= set(head_state):
+        raise ValueError(f"its rm_head keys {sorted(head_state)} are not the release's MLP (0, 3, 5)")
+    config.text_config.vocab_size = vocab.shape[0]  # the release resized the embeddings to its tokenizer
+    with init_empty_weights():  # parameters on the meta device: no 7B random init, the checkpoint fills them
+        model = Qwen2VLModel._from_config(config, attn_implementation="sdpa")
+    model.load_state_dict(backbone_state, strict=True, assign=True)  # RuntimeError on a missing key or shape
+    (width, hidden_size), bottleneck = head_state["0.weight"].shape, head_state["3.weight"].shape[0]
+    head = HPSv3Head(hidden_size, width, bottleneck, outputs=head_state["5.weight"].shape[0])
+    head.load_state_dict(head_state, strict=True)
+    return model, head
 
 
 class HPSv3(Scorer):
@@ -149,8 +175,7 @@ class HPSv3(Scorer):
 
         if Version(transformers.__version__) < Version("4.52"):
             raise ScorerConfigError(f"reward 'hpsv3' needs transformers>=4.52 (installed: {transformers.__version__})")
-        from accelerate import init_empty_weights
-        from transformers import AutoConfig, AutoProcessor, Qwen2VLModel
+        from transformers import AutoProcessor
 
         how = "huggingface-cli download MizzenAI/HPSv3 HPSv3.safetensors, then pass its path"
         checkpoint_path = resolve_file(self.name, checkpoint, "the HPSv3 checkpoint", how)
@@ -163,36 +188,16 @@ class HPSv3(Scorer):
         tokenizer = self.processor.tokenizer
         tokenizer.padding_side = "right"  # the sequential positions below assume it, as the release does
         if REWARD_TOKEN not in tokenizer.get_vocab():  # the release adds it to the base tokenizer, as here
-            tokenizer.add_special_tokens({"additional_special_tokens": [REWARD_TOKEN]}, replace_additional_special_tokens=False)
+            tokenizer.add_special_tokens(
+                {"additional_special_tokens": [REWARD_TOKEN]}, replace_additional_special_tokens=False
+            )
         self.reward_token_id = tokenizer.convert_tokens_to_ids(REWARD_TOKEN)
 
         try:
-            backbone_state, head_state = split_checkpoint(read_checkpoint(checkpoint_path))
+            self.model, self.head = build_model(checkpoint_path, base_dir, self.reward_token_id)
         except (ValueError, RuntimeError, OSError) as error:
-            raise ScorerConfigError(f"reward 'hpsv3': cannot read {checkpoint_path}: {error}") from error
-        config = AutoConfig.from_pretrained(base_dir, local_files_only=True)
-        vocab = backbone_state.get("language_model.embed_tokens.weight")
-        if vocab is None or self.reward_token_id >= vocab.shape[0]:
-            raise ScorerConfigError(
-                f"reward 'hpsv3': {checkpoint_path} has no embedding row for {REWARD_TOKEN} (id {self.reward_token_id}); "
-                f"is it an HPSv3 checkpoint for the tokenizer in {base_dir}?"
-            )
-        config.text_config.vocab_size = vocab.shape[0]  # the release resized the embeddings to the tokenizer
-        with init_empty_weights():  # parameters on the meta device: no 7B random init, the checkpoint fills them
-            self.model = Qwen2VLModel._from_config(config, attn_implementation="sdpa")
-        self.head = HPSv3Head(
-            hidden_size=head_state["0.weight"].shape[1], width=head_state["0.weight"].shape[0],
-            bottleneck=head_state["3.weight"].shape[0], outputs=head_state["5.weight"].shape[0],
-        ) if {"0.weight", "3.weight", "5.weight"} <= set(head_state) else None
-        try:
-            if self.head is None:
-                raise RuntimeError(f"rm_head keys {sorted(head_state)} are not the release's MLP (0, 3, 5)")
-            self.model.load_state_dict(backbone_state, strict=True, assign=True)
-            self.head.load_state_dict(head_state, strict=True)
-        except RuntimeError as error:
-            raise ScorerConfigError(
-                f"reward 'hpsv3': {checkpoint_path} does not match the Qwen2-VL config in {base_dir}: {str(error)[:500]}"
-            ) from error
+            reason = " ".join(str(error).split())[:400]  # torch's load errors span lines
+            raise ScorerConfigError(f"reward 'hpsv3': cannot load {checkpoint_path} with {base_dir}: {reason}") from error
         self.model.eval().requires_grad_(False)
         self.head.eval().requires_grad_(False)
         self.dtype = getattr(torch, torch_dtype)
