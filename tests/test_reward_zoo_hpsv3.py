@@ -187,3 +187,13 @@ def test_hpsv3_default_weights_resolve_from_the_local_hub_cache(tiny_hpsv3, hub_
     images = _images(2)
     torch.testing.assert_close(reward_zoo.get("hpsv3", torch_dtype="float32")(images, PROMPTS[:2]).scores,
                                _reference_scores(tiny_hpsv3, images, PROMPTS[:2]), rtol=1e-5, atol=1e-5)
+
+
+def test_hpsv3_instruction_is_the_release_text_byte_for_byte():
+    """The checkpoint only scores correctly with the exact training text; sha256 of INSTRUCTION +
+    prompt_with_special_token in hpsv3/dataset/data_collator_qwen.py of the hpsv3 1.0.0 sdist (PyPI)."""
+    import hashlib
+
+    text = INSTRUCTION + REWARD_SUFFIX
+    assert hashlib.sha256(text.encode()).hexdigest() == "f6ee57479d4e9eee76b49c00dc962e1e696a5a2b3cc32cebd9b1fa76fe27502c"
+    assert INSTRUCTION.count("{text_prompt}") == 1 and REWARD_SUFFIX.count(REWARD_TOKEN) == 1
