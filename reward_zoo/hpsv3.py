@@ -14,7 +14,7 @@ resized with PIL bicubic to Qwen2-VL's `smart_resize` of `pixels` (256·28·28 =
 user turn [image, instruction with the prompt + "<|Reward|>" suffix] through the base model's chat template
 with the generation prompt, right padding. The release was trained with transformers 4.45, whose forward
 gave the decoder no position ids: every token, the image's included, sits at its 1-D sequence index on all
-three M-RoPE axes (not Qwen2-VL's 2-D image positions). We pass those positions explicitly.
+three M-RoPE axes (not Qwen2-VL's (t, h, w) grid positions for image tokens). We pass those positions explicitly.
 
 Files: `checkpoint` is the release's HPSv3.safetensors (the whole model's state dict: `visual.*`, `model.*`,
 `lm_head.*`, `rm_head.*` as transformers 4.45 names them; the >= 4.52 names `model.visual.*`,
@@ -25,7 +25,6 @@ built without initialising weights and takes the checkpoint's tensors directly; 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
