@@ -42,6 +42,7 @@ _BUILTIN: dict[str, str] = {
     "aesthetic": "reward_zoo.clip_models:Aesthetic",
     "clipscore": "reward_zoo.clip_models:ClipScore",
     "hpsv2": "reward_zoo.clip_models:HPSv2",
+    "hpsv3": "reward_zoo.hpsv3:HPSv3",
     "pickscore": "reward_zoo.pickscore:PickScore",
     "imagereward": "reward_zoo.imagereward:ImageRewardScorer",
     "vlm_judge": "reward_zoo.vlm_judge:VLMJudge",
