@@ -9,6 +9,7 @@ timed probe by probe (as the aligned model: LoRA rank 32 attached, so the KL pro
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import tempfile
@@ -60,4 +61,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     main()
