@@ -26,13 +26,22 @@ class _Section(BaseModel):
 
 class ModelConfig(_Section):
     name: str = Field("builtin:tiny", description="'builtin:tiny' or a local diffusers folder")
-    family: Literal["tiny", "sd3", "flux", "flux2", "qwenimage", "zimage", "wan"] = "tiny"
+    family: str = Field("tiny", description="which adapter loads `name`: a family of mogen.models.registry.FAMILIES")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     resolution: int | None = Field(None, ge=16, description="image side in pixels (diffusers families); the model's default if unset")
     max_sequence_length: int | None = Field(None, ge=1, description="text tokens (diffusers families); the pipeline's default if unset")
     num_frames: int | None = Field(None, ge=1, description="frames per video (wan: 4 k + 1); the pipeline's default if unset")
     offload: bool = Field(False, description="keep text encoders and VAE on the CPU except while they run (diffusers families)")
     gradient_checkpointing: bool = Field(False, description="recompute transformer activations in backward (memory)")
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, family: str) -> str:
+        from mogen.models.registry import FAMILIES  # plain data: imports no model code
+
+        if family not in FAMILIES:
+            raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
+        return family
 
 
 class LoraConfig(_Section):

@@ -20,43 +20,20 @@ import torch
 import yaml
 from accelerate import PartialState
 from accelerate.utils import extract_model_from_parallel
-from diffusers import (
-    Flux2Pipeline,
-    Flux2Transformer2DModel,
-    FluxPipeline,
-    FluxTransformer2DModel,
-    QwenImagePipeline,
-    QwenImageTransformer2DModel,
-    SD3Transformer2DModel,
-    StableDiffusion3Pipeline,
-    WanPipeline,
-    WanTransformer3DModel,
-    ZImagePipeline,
-    ZImageTransformer2DModel,
-)
 from peft import LoraConfig as PeftLoraConfig
 from pydantic import ValidationError
 from safetensors.torch import load_file
 
 from mogen.config import ConfigError, LoraConfig, ModelConfig
 from mogen.lora import lora_state_dict
+from mogen.models.registry import FAMILIES, resolve
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # the file name load_lora_weights looks for by default
-FORMATS: dict[str, tuple[type, type]] = {  # family -> (pipeline that saves/loads the LoRA, transformer class)
-    "sd3": (StableDiffusion3Pipeline, SD3Transformer2DModel),
-    "tiny": (StableDiffusion3Pipeline, SD3Transformer2DModel),
-    "flux": (FluxPipeline, FluxTransformer2DModel),
-    "flux2": (Flux2Pipeline, Flux2Transformer2DModel),  # dev and klein share Flux2LoraLoaderMixin
-    "qwenimage": (QwenImagePipeline, QwenImageTransformer2DModel),
-    "zimage": (ZImagePipeline, ZImageTransformer2DModel),
-    "wan": (WanPipeline, WanTransformer3DModel),
-}
-
-
 def _format(family: str) -> tuple[type, type]:
-    if family not in FORMATS:
-        raise ConfigError(f"model.family {family!r} has no LoRA export format; known: {', '.join(FORMATS)}")
-    return FORMATS[family]
+    """(pipeline that saves and loads the family's LoRA, its transformer class), from mogen.models.registry."""
+    if family not in FAMILIES:
+        raise ConfigError(f"model.family {family!r} has no LoRA export format; known: {', '.join(FAMILIES)}")
+    return resolve(FAMILIES[family].lora_pipeline), resolve(FAMILIES[family].transformer)
 
 
 def save_diffusers_lora(state: dict[str, torch.Tensor], peft_config: dict[str, Any], family: str, out_dir: str | Path) -> Path:

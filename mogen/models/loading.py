@@ -1,23 +1,12 @@
-"""One entry point from a recipe's `model` section to a policy adapter; adding a family is one line in ADAPTERS."""
+"""One entry point from a recipe's `model` section to a policy adapter (found in mogen.models.registry)."""
 
 from __future__ import annotations
-
-from importlib import import_module
 
 import torch
 
 from mogen.config import ConfigError, ModelConfig
 from mogen.models.contract import FlowPolicy
-
-# family -> (module, class) of its adapter, imported only when used (each adapter imports its diffusers pipeline)
-ADAPTERS: dict[str, tuple[str, str]] = {
-    "sd3": ("mogen.models.sd3", "SD3Policy"),
-    "flux": ("mogen.models.flux", "FluxPolicy"),
-    "flux2": ("mogen.models.flux2", "Flux2Policy"),
-    "qwenimage": ("mogen.models.qwenimage", "QwenImagePolicy"),
-    "wan": ("mogen.models.wan", "WanPolicy"),
-    "zimage": ("mogen.models.zimage", "ZImagePolicy"),
-}
+from mogen.models.registry import FAMILIES, resolve
 
 
 def load_policy(cfg: ModelConfig, device: torch.device | str, guidance_scale: float = 1.0) -> FlowPolicy:
@@ -33,9 +22,8 @@ def load_policy(cfg: ModelConfig, device: torch.device | str, guidance_scale: fl
     if cfg.max_sequence_length is not None:
         options["max_sequence_length"] = cfg.max_sequence_length
     if cfg.num_frames is not None:
-        if cfg.family != "wan":
+        if not FAMILIES[cfg.family].video:
             raise ConfigError(f"model.num_frames: model.family '{cfg.family}' makes images; remove the field")
         options["num_frames"] = cfg.num_frames
-    module, name = ADAPTERS[cfg.family]
-    adapter = getattr(import_module(module), name)
+    adapter = resolve(FAMILIES[cfg.family].adapter)
     return adapter.from_pretrained(cfg.name, device=device, dtype=dtype, guidance_scale=guidance_scale, **options)
