@@ -287,7 +287,7 @@ def test_hacking_alarm_watches_lower_is_better_probes():
     assert fired and fired[0] == 15 and not alarm.should_stop  # 0.5 -> 0.65 (+30%); +20% at step 10 is not beyond
 
 
-def _write_run(run_dir: Path, reward_gain: float, steps: int = 40) -> None:
+def _write_run(run_dir: Path, reward_gain: float, steps: int = 40, kl_every: int = 1) -> None:
     run_dir.mkdir(parents=True)
     rng = np.random.default_rng(int(reward_gain * 100))
     with open(run_dir / "metrics.jsonl", "w") as f:
@@ -301,6 +301,8 @@ def _write_run(run_dir: Path, reward_gain: float, steps: int = 40) -> None:
                 "mask_fraction": 0.1,
             }
             row["reward/total"] = row["reward/toy_verifier_count"] + row["reward/ocr"]
+            if not (step == 1 or step % kl_every == 0 or step == steps):  # train.diagnostics_every: no kl/ref logged
+                del row["kl/ref"]
             if step % 10 == 0:
                 row["probe/heldout_count/color"] = 0.8 - 0.002 * step
                 row["probe/kl_base/kl"] = 1e-5 * step
@@ -309,7 +311,7 @@ def _write_run(run_dir: Path, reward_gain: float, steps: int = 40) -> None:
 
 def test_mogen_report_renders_pngs_from_metrics(tmp_path):
     _write_run(tmp_path / "run_a", 0.3)
-    _write_run(tmp_path / "run_b", 0.6)
+    _write_run(tmp_path / "run_b", 0.6, kl_every=10)
     runner = CliRunner()
     result = runner.invoke(app, ["report", str(tmp_path / "run_a")])
     assert result.exit_code == 0, result.output
@@ -324,6 +326,8 @@ def test_mogen_report_renders_pngs_from_metrics(tmp_path):
     result = runner.invoke(app, ["report", str(tmp_path / "run_a"), str(tmp_path / "run_b"), "--out", str(tmp_path / "cmp")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "cmp" / "pareto.png").is_file() and "run_b" in (tmp_path / "cmp" / "report.md").read_text()
+    # run_b logged kl/ref every 10 steps only: its start/end are those of the measured steps (no fake zeros)
+    assert f"| run_b | kl/ref | {1e-5 * 1.6:.4g} | {1e-5 * 40 * 1.6:.4g} |" in (tmp_path / "cmp" / "report.md").read_text()
 
     result = runner.invoke(app, ["report", str(tmp_path / "nowhere")])
     assert result.exit_code == 2 and "no metrics.jsonl" in result.output

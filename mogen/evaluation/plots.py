@@ -86,14 +86,21 @@ def plot_over_steps(runs: dict[str, Series], keys: list[str], path: Path, title:
 def plot_reward_vs_kl(runs: dict[str, Series], reward_key: str, path: Path) -> Path:
     """Reward against the KL to the base model (the "KL-proximal efficiency" view): up-and-left is efficient.
 
-    Dots are the per-step values; the line is their moving average, from the first step to the last (big dot).
+    Dots are the steps that measured kl/ref; the line is the moving average over every step (kl/ref interpolated
+    between measurements), from the first step to the last (big dot).
     """
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     for name, series in runs.items():
         if reward_key not in series or "kl/ref" not in series:
             continue
-        line = ax.plot(smooth(series["kl/ref"], 0.1), smooth(series[reward_key], 0.1), label=name)[0]
-        ax.scatter(series["kl/ref"], series[reward_key], s=6, alpha=0.3, color=line.get_color())
+        rows = np.isfinite(series[reward_key])
+        steps, kl, reward = series["step"][rows], series["kl/ref"][rows], series[reward_key][rows]
+        measured = np.isfinite(kl)  # kl/ref is measured every train.diagnostics_every steps: the line interpolates
+        if not measured.any():
+            continue
+        kl_line = np.interp(steps, steps[measured], kl[measured])
+        line = ax.plot(smooth(kl_line, 0.1), smooth(reward, 0.1), label=name)[0]
+        ax.scatter(kl[measured], reward[measured], s=6, alpha=0.3, color=line.get_color())
         ax.plot(line.get_xdata()[-1:], line.get_ydata()[-1:], "o", color=line.get_color())
     ax.set_xlabel("KL to base (kl/ref: per trained step, mean over dims)")
     ax.set_ylabel(reward_key)
