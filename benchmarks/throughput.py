@@ -231,6 +231,7 @@ def measure_scale(scale: str, steps: int, repeats: int, every_step: list[str], s
         t["step_s"] = t["rollout_s"] + t["train_s"]
         t["step_over_floor"] = t["step_s"] / fl["floor_s"]
         t["cpu_step_over_floor"] = t["cpu_per_step_s"] / fl["floor_cpu_s"]
+        t["reward_images_per_s"] = b / t["reward_s"]
         f["extra_no_grad_forwards_over_floor"] = (f.get("no_grad_samples", 0) - floor_forwards["no_grad_samples"]) / b
     return {
         "model": model, "overrides": [o.replace(tmp, "<temporary folder>") for o in overrides], "steps": steps, "floor_repeats": 2 * repeats,
@@ -243,6 +244,8 @@ def measure_scale(scale: str, steps: int, repeats: int, every_step: list[str], s
             "replay_style": {**floor_forwards, "no_grad_samples": floor_forwards["no_grad_samples"] + s * b},
             **{name: {k: run["forwards"].get(k, 0.0) for k in ("no_grad_samples", "grad_samples")} for name, run in runs.items()},
         },
+        "old_means_recorded_at_rollout": {"no_grad_samples_saved_per_step": s * b, "seconds_saved_per_step": s * fl["one_forward_s"],
+                                          "cpu_seconds_saved_per_step": s * fl["one_forward_cpu_s"]},
         "peak_rss_mib": {"after_floor": rss_floor, "after_trainer_runs": peak_rss_mib()},
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
@@ -338,7 +341,9 @@ def main() -> None:
         ("floor: the rollout's forwards over the batch (no grad) + forward/backward of a plain loss at the trained steps per"
          " minibatch + optimizer steps; encode/decode/one_forward are listed but not in the floor."),
         ("forwards_per_step_in_samples: transformer samples per step (calls x batch); replay_style = floor + one no-grad forward"
-         " per trained step over the batch to recompute the old policy's means before the update (mogen records them at rollout)."),
+         " per trained step over the batch to recompute the old policy's means before the update (mogen records them at rollout);"
+         " old_means_recorded_at_rollout prices those forwards with the floor's one_forward (a no-grad forward over the batch)."),
+        "reward_images_per_s: batch / reward_s, the trainer's scoring of the recipe's objectives (three toy-verifier attributes).",
         "peak_rss_mib: ru_maxrss of the scale's own process, after the floor and after all trainer runs.",
     ]
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
