@@ -15,7 +15,7 @@ as shipped (only the model path, the step count and the logging are overridden),
 
     python benchmarks/gpu_smoke.py                                   # CUDA: 3 steps of recipes/sd35/ocr_dppo.yaml
     python benchmarks/gpu_smoke.py --recipe recipes/sd35/pickscore_dppo.yaml --set "rewards=[{name: compressibility}]" \
-        --set prompts.source=toyworld                                # no PickScore weights or prompt file needed
+        --set "prompts={source: toyworld}"                           # no PickScore weights or prompt file needed
     python benchmarks/gpu_smoke.py --toy                             # CPU, seconds: toy widths, float32 (tests run this)
 """
 

@@ -3,7 +3,8 @@
 Scales: `tiny` is the pinned quickstart (quickstart_runs.BASE_OVERRIDES: builtin:tiny, 32 samples a step), where
 per-call overhead matters; `mid` is the same recipe on a random-weight SD3 transformer (12 blocks, hidden 768,
 32 x 32 x 16 latents, built by random_sd3.py and loaded as `model: {family: sd3}`) with 4 samples a step, where the
-transformer's forwards dominate as on a GPU. Each scale runs in its own process on one thread (peak RSS is that
+transformer's forwards dominate as on a GPU. `quickstart` (not run by default) is recipes/quickstart.yaml as it
+ships, unpinned. Each scale runs in its own process on one thread (peak RSS is that
 process's), and measures:
 
 1. Floor: what any on-policy method must do per step with the same model, LoRA and batch: the rollout's
@@ -52,7 +53,7 @@ OUT_JSON = ROOT / "benchmarks" / "results" / "throughput.json"
 ALGORITHMS = {"dppo": [], "grpo_clip1e-4": ["algorithm.name=grpo", "algorithm.clip_range=1.0e-4"]}
 NO_PROBES = ["eval.suites=[]", "eval.every=0", "train.log_with=[]"]
 SMALL_BATCH = ["rollout.prompts_per_batch=2", "rollout.group_size=2"]
-DEFAULT_STEPS = {"tiny": 10, "mid": 4}
+DEFAULT_STEPS = {"tiny": 10, "mid": 4, "quickstart": 10}
 FLOOR_PARTS = ("encode", "rollout_forwards", "decode", "one_forward", "train_fwd_bwd")
 
 
@@ -84,6 +85,8 @@ def scale_overrides(scale: str, smoke: bool, work: Path) -> tuple[list[str], str
     batch = SMALL_BATCH if smoke else []
     if scale == "tiny":
         return [*BASE_OVERRIDES, *batch], "builtin:tiny"
+    if scale == "quickstart":  # recipes/quickstart.yaml as it ships today (its batch, not the pinned one)
+        return batch, "builtin:tiny, recipes/quickstart.yaml as shipped"
     from random_sd3 import MID, TOY, save_random_sd3
 
     size = TOY if smoke else MID
@@ -305,7 +308,7 @@ def plot(results: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scales", default="tiny,mid", help="comma-separated: tiny, mid")
+    parser.add_argument("--scales", default="tiny,mid", help="comma-separated: tiny, mid, quickstart")
     parser.add_argument("--steps", type=int, default=None, help=f"trainer steps per run (default {DEFAULT_STEPS}); step 1 is not timed")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of the floor measurement, before and after the trainer runs")
     parser.add_argument("--every-step", default="train.diagnostics_every=1",
