@@ -3,7 +3,8 @@
 Scales: `tiny` is the pinned quickstart (quickstart_runs.BASE_OVERRIDES: builtin:tiny, 32 samples a step), where
 per-call overhead matters; `mid` is the same recipe on a random-weight SD3 transformer (12 blocks, hidden 768,
 32 x 32 x 16 latents, built by random_sd3.py and loaded as `model: {family: sd3}`) with 4 samples a step, where the
-transformer's forwards dominate as on a GPU. `quickstart` (not run by default) is recipes/quickstart.yaml as it
+transformer's forwards dominate as on a GPU (it draws from two toy-world prompts, so that the sample grid `align`
+draws after its last step stays small). `quickstart` (not run by default) is recipes/quickstart.yaml as it
 ships, unpinned. Each scale runs in its own process on one thread (peak RSS is that
 process's), and measures:
 
@@ -89,11 +90,19 @@ def scale_overrides(scale: str, smoke: bool, work: Path) -> tuple[list[str], str
         return batch, "builtin:tiny, recipes/quickstart.yaml as shipped"
     from random_sd3 import MID, TOY, save_random_sd3
 
+    from mogen.config import load_recipe
+    from mogen.prompts import PromptSource
+
     size = TOY if smoke else MID
     folder = work / size.name
     save_random_sd3(size, folder)
     model = [f"model.name={folder}", "model.family=sd3", f"model.resolution={size.image_size}", "model.max_sequence_length=32"]
-    return [*BASE_OVERRIDES, *model, *SMALL_BATCH], f"random_sd3.{'TOY' if smoke else 'MID'}: {size.transformer}"
+    # two toy-world prompts: the sample grid `align` draws at its last step (4 images a prompt, up to 8 prompts) would
+    # otherwise cost more forwards than the step itself at this size; it cancels out of the per-step numbers anyway
+    prompts = PromptSource.build(load_recipe(RECIPE, BASE_OVERRIDES).prompts).prompts[:2]
+    (work / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    prompt_file = [f"prompts={{source: file, path: {work / 'prompts.txt'}}}"]
+    return [*BASE_OVERRIDES, *model, *prompt_file, *SMALL_BATCH], f"random_sd3.{'TOY' if smoke else 'MID'}: {size.transformer}"
 
 
 def peak_rss_mib() -> float:
