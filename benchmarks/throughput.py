@@ -97,9 +97,9 @@ def scale_overrides(scale: str, smoke: bool, work: Path) -> tuple[list[str], str
     folder = work / size.name
     save_random_sd3(size, folder)
     model = [f"model.name={folder}", "model.family=sd3", f"model.resolution={size.image_size}", "model.max_sequence_length=32"]
-    # two toy-world prompts: the sample grid `align` draws at its last step (4 images a prompt, up to 8 prompts) would
+    # two toy-world prompts of the pinned tasks: the sample grid `align` draws at its last step (4 images a prompt, up to 8 prompts) would
     # otherwise cost more forwards than the step itself at this size; it cancels out of the per-step numbers anyway
-    prompts = PromptSource.build(load_recipe(RECIPE, BASE_OVERRIDES).prompts).prompts[:2]
+    prompts, _ = PromptSource.build(load_recipe(RECIPE, BASE_OVERRIDES).prompts).draw(2, 1, np.random.default_rng(0))
     (work / "prompts.txt").write_text("\n".join(prompts) + "\n")
     prompt_file = [f"prompts={{source: file, path: {work / 'prompts.txt'}}}"]
     return [*BASE_OVERRIDES, *model, *prompt_file, *SMALL_BATCH], f"random_sd3.{'TOY' if smoke else 'MID'}: {size.transformer}"
