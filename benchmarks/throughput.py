@@ -22,6 +22,8 @@ process's), and measures:
    batch) where mogen records them during the rollout.
 
     python benchmarks/throughput.py                      # both scales; writes results/throughput.{json,png}
+    # measured at load ~6 on 2 cores: tiny (10 steps, 3 repeats) 5.3 min wall / 1.5 min CPU;
+    # mid with --steps 2 --repeats 1: 30 min wall / 17.5 min CPU (the defaults, 4 steps and 3 repeats, need ~2x that CPU)
     python benchmarks/throughput.py --scales tiny --steps 20
     python benchmarks/throughput.py --smoke --out /tmp/t.json   # seconds: small batch, toy SD3, 2 steps
 """
