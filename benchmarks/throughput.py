@@ -1,24 +1,31 @@
-"""Where a training step's time goes, for Flow-DPPO and GRPO on the built-in tiny model, and what it costs over the floor.
+"""Where a training step's time goes, at two scales, and what it costs over the floor.
 
-1. Trainer breakdown: `align` on the pinned quickstart (quickstart_runs.BASE_OVERRIDES, no probes) for a few steps
-   per algorithm, in this process on one thread; the trainer's own time/rollout_s, reward_s and train_s per step
-   (median over steps after the first two).
-2. Floor: what any on-policy method must do per step with the same model, LoRA and batch, timed with the same
-   policy object: the rollout's 10 transformer forwards over the 32 samples (no grad) and, for the 3 trained
-   steps, a forward + backward of a plain loss (mean squared velocity) per minibatch of 16 plus the optimizer
-   step. Overhead = trainer (rollout + update) - floor.
-3. Forwards: every transformer call during training is counted with a global module forward hook (calls and
-   samples, with and without grad; a run of `--steps` steps minus a run of 2 steps, so setup and the final
-   sample grid cancel). Recording the old policy's means at rollout time saves recomputing them before the update:
-   one no-grad forward per trained step over the batch (3 x 32 samples per step); we count and time those.
-4. Scorer images/s from benchmarks/results/scorer_throughput.json (measured there), and the reward time per
-   step they imply for a batch of 32.
+Scales: `tiny` is the pinned quickstart (quickstart_runs.BASE_OVERRIDES: builtin:tiny, 32 samples a step), where
+per-call overhead matters; `mid` is the same recipe on a random-weight SD3 transformer (12 blocks, hidden 768,
+32 x 32 x 16 latents, built by random_sd3.py and loaded as `model: {family: sd3}`) with 4 samples a step, where the
+transformer's forwards dominate as on a GPU (it draws from two toy-world prompts, so that the sample grid `align`
+draws after its last step stays small). `quickstart` (not run by default) is recipes/quickstart.yaml as it
+ships, unpinned. Each scale runs in its own process on one thread (peak RSS is that
+process's), and measures:
 
-tiny_speed.py measures the raw model (rollout and LoRA forward+backward outside the trainer); this measures the
-trainer against that kind of floor.
+1. Floor: what any on-policy method must do per step with the same model, LoRA and batch: the rollout's
+   `num_steps` forwards (no grad) and, at the trained steps, a forward + backward of a plain loss per minibatch
+   plus the optimizer step. Timed (wall and CPU) before and after the trainer runs.
+2. Trainer: `align` for N steps and for 1 step (after an untimed 1-step warm-up), for Flow-DPPO and GRPO, once with the diagnostics schedule of the
+   recipe and config defaults (the default quickstart step) and once with `--every-step` (default
+   `train.diagnostics_every=1`: the base model's means for kl/ref and kl/old_new on every step). Per-step costs
+   are means over steps 2..N (a scheduled diagnostic counts at its share): the trainer's time/rollout_s,
+   reward_s, train_s, and (N-step run - 1-step run) / (N - 1) of the whole call's wall and CPU time.
+3. Forwards: every transformer call is counted (samples, with and without grad) with a global forward hook, per
+   step by the same difference of runs, next to the floor's and a replay-style update's, which recomputes the
+   old policy's means from the stored latents before the update (one no-grad forward per trained step over the
+   batch) where mogen records them during the rollout.
 
-    python -m benchmarks.throughput             # measured: 61 s on an idle machine, 101 s at load 5
-    python -m benchmarks.throughput --steps 20  # longer trainer runs, steadier medians
+    python -m benchmarks.throughput                      # both scales; writes results/throughput.{json,png}
+    # measured at load ~6 on 2 cores: tiny (10 steps, 3 repeats) 5.3 min wall / 1.5 min CPU;
+    # mid with --steps 2 --repeats 1: 30 min wall / 17.5 min CPU (the defaults, 4 steps and 3 repeats, need ~2x that CPU)
+    python -m benchmarks.throughput --scales tiny --steps 20
+    python -m benchmarks.throughput --smoke --out /tmp/t.json   # seconds: small batch, toy SD3, 2 steps
 """
 
 from __future__ import annotations
@@ -30,32 +37,27 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch loads
 import argparse
 import itertools
 import json
+import multiprocessing
+import resource
 import statistics
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
+from benchmarks.quickstart_runs import BASE_OVERRIDES, RECIPE, ROOT, machine
 from typing_extensions import Self
 
-from benchmarks.quickstart_runs import BASE_OVERRIDES, RECIPE, ROOT, machine, write_results
-from mogen.config import load_recipe
-from mogen.evaluation.runs import load_metrics
-from mogen.lora import attach_lora
-from mogen.models.contract import index_cond
-from mogen.models.loading import load_policy
-from mogen.prompts import PromptSource
-from mogen.sampling import ode_step, timesteps
-from mogen.trainer import align
-
 OUT_JSON = ROOT / "benchmarks" / "results" / "throughput.json"
-OUT_PNG = ROOT / "benchmarks" / "results" / "throughput.png"
-SCORERS_JSON = ROOT / "benchmarks" / "results" / "scorer_throughput.json"
 ALGORITHMS = {"dppo": [], "grpo_clip1e-4": ["algorithm.name=grpo", "algorithm.clip_range=1.0e-4"]}
 NO_PROBES = ["eval.suites=[]", "eval.every=0", "train.log_with=[]"]
+SMALL_BATCH = ["rollout.prompts_per_batch=2", "rollout.group_size=2"]
+DEFAULT_STEPS = {"tiny": 10, "mid": 4, "quickstart": 10}
+FLOOR_PARTS = ("encode", "rollout_forwards", "decode", "one_forward", "train_fwd_bwd")
 
 
 class ForwardCounter:
@@ -81,31 +83,46 @@ class ForwardCounter:
         self.handle.remove()
 
 
-def trainer_run(algorithm: str, steps: int, work: Path, module_class: type) -> tuple[dict, Counter, float, float]:
-    """`align` for `steps` steps; returns the per-step times it logged, the transformer forwards counted, and the
-    wall and CPU seconds of the whole call (CPU time of this one-thread process barely moves with the machine's load)."""
-    recipe = load_recipe(RECIPE, [*BASE_OVERRIDES, *ALGORITHMS[algorithm], *NO_PROBES, f"train.steps={steps}",
-                                  f"train.checkpoint_every={steps}", f"train.sample_every={steps}", f"output_dir={work}"])
-    wall, cpu = time.perf_counter(), time.process_time()
-    with ForwardCounter(module_class) as counter:
-        align(recipe)
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    series = load_metrics(work)
-    rows = np.isfinite(series["time/train_s"])
-    return {k: series[f"time/{k}_s"][rows].tolist() for k in ("rollout", "reward", "train")}, counter.counts, wall, cpu
+def scale_overrides(scale: str, smoke: bool, work: Path) -> tuple[list[str], str]:
+    """The recipe overrides of a scale (building its SD3 folder in `work` for `mid`) and a line describing the model."""
+    batch = SMALL_BATCH if smoke else []
+    if scale == "tiny":
+        return [*BASE_OVERRIDES, *batch], "builtin:tiny"
+    if scale == "quickstart":  # recipes/quickstart.yaml as it ships today (its batch, not the pinned one)
+        return batch, "builtin:tiny, recipes/quickstart.yaml as shipped"
+    from benchmarks.random_sd3 import MID, TOY, save_random_sd3
+
+    from mogen.config import load_recipe
+    from mogen.prompts import PromptSource
+
+    size = TOY if smoke else MID
+    folder = work / size.name
+    save_random_sd3(size, folder)
+    model = [f"model.name={folder}", "model.family=sd3", f"model.resolution={size.image_size}", "model.max_sequence_length=32"]
+    # two toy-world prompts of the pinned tasks: the sample grid `align` draws at its last step (4 images a prompt, up to 8 prompts) would
+    # otherwise cost more forwards than the step itself at this size; it cancels out of the per-step numbers anyway
+    prompts, _ = PromptSource.build(load_recipe(RECIPE, BASE_OVERRIDES).prompts).draw(2, 1, np.random.default_rng(0))
+    (work / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    prompt_file = [f"prompts={{source: file, path: {work / 'prompts.txt'}}}"]
+    return [*BASE_OVERRIDES, *model, *prompt_file, *SMALL_BATCH], f"random_sd3.{'TOY' if smoke else 'MID'}: {size.transformer}"
 
 
-def median_after_warmup(values: list[float], skip: int = 2) -> float:
-    return float(statistics.median(values[skip:] if len(values) > skip else values))
+def peak_rss_mib() -> float:
+    """This process's peak resident set so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-FLOOR_PARTS = ("encode", "rollout_forwards", "decode", "one_forward", "train_fwd_bwd")
+def floor_bench(overrides: list[str]) -> tuple[Callable[[int], dict[str, list[tuple[float, float]]]], dict]:
+    """The floor with the scale's model, LoRA, batch and minibatches: returns measure(repeats), giving (wall, cpu)
+    seconds of each part per repeat, and the setup's facts."""
+    from mogen.config import load_recipe
+    from mogen.lora import attach_lora
+    from mogen.models.loading import load_policy
+    from mogen.prompts import PromptSource
+    from mogen.models.contract import index_cond
+    from mogen.sampling import ode_step, timesteps
 
-
-def floor_bench() -> tuple[Callable[[int], dict[str, list[tuple[float, float]]]], dict]:
-    """The floor with the pinned quickstart's model, LoRA, batch and minibatches: returns measure(repeats), giving
-    (wall, cpu) seconds of each part per repeat, and the setup's facts. Measured before and after the trainer runs."""
-    recipe = load_recipe(RECIPE, BASE_OVERRIDES)
+    recipe = load_recipe(RECIPE, overrides)
     torch.manual_seed(0)
     policy = load_policy(recipe.model, device=torch.device("cpu"), guidance_scale=recipe.sampler.guidance_scale)
     trainable = attach_lora(policy.transformer, recipe.lora)
@@ -140,13 +157,14 @@ def floor_bench() -> tuple[Callable[[int], dict[str, list[tuple[float, float]]]]
                 policy.velocity(latents[0], times[0].expand(batch), cond)
                 ticks.append(clock())
             policy.transformer.train()
-            for minibatch in torch.arange(batch).chunk(minibatches):
-                optimizer.zero_grad(set_to_none=True)
-                sub = index_cond(cond, minibatch)
-                for s in trained:
-                    velocity = policy.velocity(latents[s][minibatch], times[s].expand(len(minibatch)), sub)
-                    (velocity.float().square().mean() / len(trained)).backward()
-                optimizer.step()
+            for _ in range(recipe.algorithm.updates_per_batch):
+                for minibatch in torch.arange(batch).chunk(minibatches):
+                    optimizer.zero_grad(set_to_none=True)
+                    sub = index_cond(cond, minibatch)
+                    for s in trained:
+                        velocity = policy.velocity(latents[s][minibatch], times[s].expand(len(minibatch)), sub)
+                        (velocity.float().square().mean() / len(trained)).backward()
+                    optimizer.step()
             policy.transformer.eval()
             ticks.append(clock())
             if repeat:
@@ -155,15 +173,105 @@ def floor_bench() -> tuple[Callable[[int], dict[str, list[tuple[float, float]]]]
         return parts
 
     facts = {"transformer_class": type(policy.transformer), "batch": batch, "trained_steps": len(trained),
-             "num_steps": sampler.num_steps, "minibatches": minibatches}
+             "num_steps": sampler.num_steps, "minibatches": minibatches, "updates_per_batch": recipe.algorithm.updates_per_batch}
     return measure, facts
 
 
-def scorer_rates() -> dict:
-    if not SCORERS_JSON.is_file():
-        return {}
-    results = json.loads(SCORERS_JSON.read_text())["results"]
-    return {name: r["images_per_s"] for name, r in results.items() if isinstance(r, dict) and "images_per_s" in r}
+def trainer_run(overrides: list[str], steps: int, work: Path, module_class: type) -> dict:
+    """`align` for `steps` steps: the per-step times it logged, the transformer forwards counted, the wall and CPU
+    seconds of the whole call, and the resolved `train` section (the diagnostics schedule in force)."""
+    from mogen.config import load_recipe
+    from mogen.evaluation.runs import load_metrics
+    from mogen.trainer import align
+
+    recipe = load_recipe(RECIPE, [*overrides, *NO_PROBES, f"train.steps={steps}", f"train.checkpoint_every={steps}",
+                                  f"train.sample_every={steps}", f"output_dir={work}"])
+    wall, cpu = time.perf_counter(), time.process_time()
+    with ForwardCounter(module_class) as counter:
+        align(recipe)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    series = load_metrics(work)
+    rows = np.isfinite(series["time/train_s"])
+    times = {k: series[f"time/{k}_s"][rows].tolist() for k in ("rollout", "reward", "train")}
+    return {"times": times, "counts": counter.counts, "wall": wall, "cpu": cpu, "train_config": recipe.train.model_dump()}
+
+
+def per_step(long: dict, short: dict, steps: int) -> dict:
+    """Costs per step over steps 2..N: trainer-logged time means (and medians), and the N-run - 1-run difference."""
+    t = {f"{k}_s": float(np.mean(v[1:])) for k, v in long["times"].items()}
+    t |= {f"{k}_median_s": float(statistics.median(v[1:])) for k, v in long["times"].items()}
+    t["wall_per_step_s"] = (long["wall"] - short["wall"]) / (steps - 1)
+    t["cpu_per_step_s"] = (long["cpu"] - short["cpu"]) / (steps - 1)
+    t["per_step_times"] = long["times"]
+    forwards = {k: (long["counts"][k] - short["counts"][k]) / (steps - 1) for k in long["counts"]}
+    return {"seconds": t, "forwards": forwards, "train_config": long["train_config"]}
+
+
+def measure_scale(scale: str, steps: int, repeats: int, every_step: list[str], smoke: bool) -> dict:
+    """Everything for one scale, in this (fresh) process on one thread."""
+    from mogen.config import ConfigError, load_recipe
+
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        overrides, model = scale_overrides(scale, smoke, Path(tmp))
+        measure, facts = floor_bench(overrides)
+        parts = measure(repeats)
+        rss_floor = peak_rss_mib()
+        variants = {"default": [], "every_step": every_step}
+        runs, skipped = {}, {}
+        trainer_run(overrides, 1, Path(tmp) / "warmup", facts["transformer_class"])  # first-call costs land here, untimed
+        for variant, extra in variants.items():
+            try:
+                load_recipe(RECIPE, [*overrides, *extra])
+            except ConfigError as err:  # this mogen has no such setting: say so instead of guessing
+                skipped[variant] = f"{' '.join(extra)}: {err}"
+                continue
+            for algorithm, algo in ALGORITHMS.items():
+                run_overrides = [*overrides, *algo, *extra]
+                long = trainer_run(run_overrides, steps, Path(tmp) / f"{algorithm}_{variant}", facts["transformer_class"])
+                short = trainer_run(run_overrides, 1, Path(tmp) / f"{algorithm}_{variant}_1", facts["transformer_class"])
+                runs[f"{algorithm}/{variant}"] = per_step(long, short, steps)
+        for key, values in measure(repeats).items():  # again after: the load may have changed meanwhile
+            parts[key] += values
+    fl = {f"{k}_s": float(statistics.median(w for w, _ in v)) for k, v in parts.items()}
+    fl |= {f"{k}_cpu_s": float(statistics.median(c for _, c in v)) for k, v in parts.items()}
+    fl["floor_s"] = fl["rollout_forwards_s"] + fl["train_fwd_bwd_s"]
+    fl["floor_cpu_s"] = fl["rollout_forwards_cpu_s"] + fl["train_fwd_bwd_cpu_s"]
+    b, s, u = facts["batch"], facts["trained_steps"], facts["updates_per_batch"]
+    floor_forwards = {"no_grad_samples": facts["num_steps"] * b, "grad_samples": s * b * u}
+    for run in runs.values():
+        t, f = run["seconds"], run["forwards"]
+        t["step_s"] = t["rollout_s"] + t["train_s"]
+        t["step_over_floor"] = t["step_s"] / fl["floor_s"]
+        t["cpu_step_over_floor"] = t["cpu_per_step_s"] / fl["floor_cpu_s"]
+        t["reward_images_per_s"] = b / t["reward_s"]
+        f["extra_no_grad_forwards_over_floor"] = (f.get("no_grad_samples", 0) - floor_forwards["no_grad_samples"]) / b
+    return {
+        "model": model, "overrides": [o.replace(tmp, "<temporary folder>") for o in overrides], "steps": steps, "floor_repeats": 2 * repeats,
+        **{k: v for k, v in facts.items() if k != "transformer_class"},
+        "floor": fl,
+        "runs": runs,
+        "skipped": skipped,
+        "forwards_per_step_in_samples": {
+            "floor": floor_forwards,
+            "replay_style": {**floor_forwards, "no_grad_samples": floor_forwards["no_grad_samples"] + s * b},
+            **{name: {k: run["forwards"].get(k, 0.0) for k in ("no_grad_samples", "grad_samples")} for name, run in runs.items()},
+        },
+        "old_means_recorded_at_rollout": {"no_grad_samples_saved_per_step": s * b, "seconds_saved_per_step": s * fl["one_forward_s"],
+                                          "cpu_seconds_saved_per_step": s * fl["one_forward_cpu_s"]},
+        "peak_rss_mib": {"after_floor": rss_floor, "after_trainer_runs": peak_rss_mib()},
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def relative_paths(value: object) -> object:
+    """The results with the repository's absolute path removed from every string (they must not name this machine)."""
+    if isinstance(value, dict):
+        return {k: relative_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [relative_paths(v) for v in value]
+    return value.replace(f"{ROOT}/", "").replace(str(ROOT), ".") if isinstance(value, str) else value
 
 
 def plot(results: dict, path: Path) -> None:
@@ -172,124 +280,96 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fl = results["floor"]
-    fig, (ax, cpu_ax) = plt.subplots(1, 2, figsize=(14, 4), gridspec_kw={"width_ratios": [3, 2]})
-    rows = [("floor", {"rollout forwards": fl["rollout_forwards_s"], "trained fwd+bwd": fl["train_fwd_bwd_s"]})]
-    for algorithm, r in results["trainer"].items():
-        rows.append((algorithm, {"rollout": r["rollout_s"], "reward": r["reward_s"], "update": r["train_s"]}))
+    scales = list(results["scales"])
+    fig, axes = plt.subplots(len(scales), 2, figsize=(14, 3.6 * len(scales)), squeeze=False, gridspec_kw={"width_ratios": [3, 2]})
     colors = {"rollout forwards": "C0", "trained fwd+bwd": "C1", "rollout": "C0", "reward": "C2", "update": "C1"}
-    seen = set()
-    for y, (label, parts) in enumerate(rows):
-        left = 0.0
-        for part, seconds in parts.items():
-            ax.barh(y, seconds, left=left, color=colors[part], alpha=0.55 if label == "floor" else 0.9,
-                    label=part if part not in seen else None, edgecolor="black", lw=0.5)
-            seen.add(part)
-            left += seconds
-        ax.text(left + 0.02, y, f"{left:.2f} s", va="center", fontsize=9)
-    ax.set_yticks(range(len(rows)), [r[0] for r in rows])
-    ax.set(xlabel="wall seconds per training step (median; one thread on a shared machine)",
-           title="Per step: rollout / reward / update vs the floor")
-    ax.legend(fontsize=8, loc="lower right")
-    names = list(results["trainer"])
-    floor_cpu = fl["floor_cpu_s"]
-    extra = [results["trainer"][n]["extra_forwards_cpu_s"] for n in names]
-    rest = [results["trainer"][n]["cpu_per_step_s"] - floor_cpu - e for n, e in zip(names, extra)]
-    y = np.arange(len(names))
-    cpu_ax.barh(y, [floor_cpu] * len(names), color="grey", label="floor")
-    cpu_ax.barh(y, extra, left=floor_cpu, color="C4", label="extra no-grad forwards (kl/ref, kl/old_new)")
-    cpu_ax.barh(y, rest, left=[floor_cpu + e for e in extra], color="C3", label="everything else")
-    for i, n in enumerate(names):
-        cpu_ax.text(results["trainer"][n]["cpu_per_step_s"] + 0.02, i, f"{results['trainer'][n]['cpu_per_step_s']:.2f} s", va="center", fontsize=9)
-    cpu_ax.set_yticks(y, names)
-    cpu_ax.set(xlabel="CPU seconds per training step (load-independent)", title="Trainer CPU per step over the floor")
-    cpu_ax.legend(fontsize=7, loc="lower right")
+    for (ax, fwd_ax), scale in zip(axes, scales):
+        r = results["scales"][scale]
+        fl = r["floor"]
+        rows = [("floor", {"rollout forwards": fl["rollout_forwards_s"], "trained fwd+bwd": fl["train_fwd_bwd_s"]})]
+        rows += [(name, {"rollout": run["seconds"]["rollout_s"], "reward": run["seconds"]["reward_s"], "update": run["seconds"]["train_s"]})
+                 for name, run in r["runs"].items()]
+        seen = set()
+        for y, (label, parts) in enumerate(rows):
+            left = 0.0
+            for part, seconds in parts.items():
+                ax.barh(y, seconds, left=left, color=colors[part], alpha=0.55 if label == "floor" else 0.9,
+                        label=part if part not in seen else None, edgecolor="black", lw=0.5)
+                seen.add(part)
+                left += seconds
+            ratio = f" (rollout + update {r['runs'][label]['seconds']['step_over_floor']:.2f}x floor)" if label != "floor" else ""
+            ax.text(left, y, f" {left:.2f} s{ratio}", va="center", fontsize=8)
+        ax.set_yticks(range(len(rows)), [label for label, _ in rows])
+        ax.set(xlabel="wall s per step (mean of steps 2..N; one thread, shared machine)", title=f"{scale}: {r['model'][:60]}")
+        ax.legend(fontsize=7, loc="lower right")
+        forwards = r["forwards_per_step_in_samples"]
+        names = list(forwards)
+        y = np.arange(len(names))
+        no_grad = [forwards[n]["no_grad_samples"] for n in names]
+        grad = [forwards[n]["grad_samples"] for n in names]
+        fwd_ax.barh(y, no_grad, color="C0", label="no-grad samples")
+        fwd_ax.barh(y, grad, left=no_grad, color="C1", label="grad samples (fwd+bwd)")
+        fwd_ax.set_yticks(y, names, fontsize=8)
+        fwd_ax.set(xlabel="transformer sample-forwards per step", title=f"{scale}: forwards (batch {r['batch']})")
+        fwd_ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=10, help="trainer steps per algorithm (the first 2 are not timed)")
-    parser.add_argument("--repeats", type=int, default=4, help="repeats of the floor measurement, before and after the trainer runs")
+    parser.add_argument("--scales", default="tiny,mid", help="comma-separated: tiny, mid, quickstart")
+    parser.add_argument("--steps", type=int, default=None, help=f"trainer steps per run (default {DEFAULT_STEPS}); step 1 is not timed")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of the floor measurement, before and after the trainer runs")
+    parser.add_argument("--every-step", default="train.diagnostics_every=1",
+                        help="recipe override(s), space-separated, that run every diagnostic on every step")
+    parser.add_argument("--smoke", action="store_true", help="seconds, for a test: 4 samples a step, a toy SD3, 2 steps, 1 repeat")
+    parser.add_argument("--out", type=Path, default=OUT_JSON, help="results JSON (the PNG is written next to it)")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    scales = [s.strip() for s in args.scales.split(",") if s.strip()]
+    unknown = sorted(set(scales) - set(DEFAULT_STEPS))
+    if unknown:
+        parser.error(f"--scales: unknown {unknown}; choose from {sorted(DEFAULT_STEPS)}")
+    if args.smoke and args.out == OUT_JSON:
+        parser.error("--smoke: give --out (smoke numbers must not replace the committed results)")
+    if args.steps is not None and args.steps < 2:
+        parser.error("--steps: at least 2 (step 1 is the baseline subtracted from the others)")
+    repeats = 1 if args.smoke else args.repeats
     started = time.perf_counter()
-    measure, facts = floor_bench()
-    parts = measure(args.repeats)
-    trainer, forwards = {}, {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for algorithm in ALGORITHMS:
-            times, counts, wall, cpu = trainer_run(algorithm, args.steps, Path(tmp) / algorithm, facts["transformer_class"])
-            _, counts_short, wall_short, cpu_short = trainer_run(algorithm, 2, Path(tmp) / f"{algorithm}_2", facts["transformer_class"])
-            forwards[algorithm] = {k: (counts[k] - counts_short[k]) / (args.steps - 2) for k in counts}
-            trainer[algorithm] = {f"{k}_s": median_after_warmup(v) for k, v in times.items()}
-            trainer[algorithm]["total_s"] = sum(trainer[algorithm].values())
-            trainer[algorithm]["wall_per_step_s"] = (wall - wall_short) / (args.steps - 2)
-            trainer[algorithm]["cpu_per_step_s"] = (cpu - cpu_short) / (args.steps - 2)
-            trainer[algorithm]["per_step_times"] = times
-    for key, values in measure(args.repeats).items():  # again after: the load may have changed meanwhile
-        parts[key] += values
-    fl = {f"{k}_s": float(statistics.median(w for w, _ in v)) for k, v in parts.items()}
-    fl |= {f"{k}_cpu_s": float(statistics.median(c for _, c in v)) for k, v in parts.items()}
-    fl["floor_s"] = fl["rollout_forwards_s"] + fl["train_fwd_bwd_s"]
-    fl["floor_cpu_s"] = fl["rollout_forwards_cpu_s"] + fl["train_fwd_bwd_cpu_s"]
-    b, s = facts["batch"], facts["trained_steps"]
-    floor_no_grad = facts["num_steps"] * b
-    for algorithm, t in trainer.items():
-        extra_forwards = (forwards[algorithm]["no_grad_samples"] - floor_no_grad) / b  # in batch-of-32 forwards
-        t |= {
-            "rollout_over_floor_s": t["rollout_s"] - fl["rollout_forwards_s"],
-            "update_over_floor_s": t["train_s"] - fl["train_fwd_bwd_s"],
-            "update_over_floor_fraction": t["train_s"] / fl["train_fwd_bwd_s"] - 1,
-            "step_over_floor_fraction": (t["rollout_s"] + t["train_s"]) / fl["floor_s"] - 1,
-            "cpu_step_over_floor_fraction": t["cpu_per_step_s"] / fl["floor_cpu_s"] - 1,
-            "extra_no_grad_forwards_per_step": extra_forwards,
-            "extra_forwards_cpu_s": extra_forwards * fl["one_forward_cpu_s"],
-        }
-    rates = scorer_rates()
-    results = {
-        "recipe": str(RECIPE.relative_to(ROOT)), "base_overrides": BASE_OVERRIDES, "machine": machine(1),
-        "trainer_steps": args.steps, "floor_repeats": 2 * args.repeats, **{k: v for k, v in facts.items() if k != "transformer_class"},
-        "trainer": trainer,
-        "floor": fl,
-        "transformer_forwards_per_step": forwards,
-        "transformer_forwards_expected": {
-            "rollout (no grad)": f"{facts['num_steps']} calls x {b} samples",
-            "base-model means for kl/ref (no grad)": f"{s} calls x {b} samples",
-            "update (grad)": f"{s} calls x {facts['minibatches']} minibatches x {b // facts['minibatches']} samples per pass",
-            "kl/old_new after the update (no grad, a diagnostic)": f"{s} calls x {b} samples",
-        },
-        "old_means_recorded_at_rollout": {
-            "forwards_saved_per_step": {"calls": s, "samples": s * b},
-            "seconds_saved_per_step": s * fl["one_forward_s"],
-            "cpu_seconds_saved_per_step": s * fl["one_forward_cpu_s"],
-            "fraction_of_dppo_step_cpu": s * fl["one_forward_cpu_s"] / trainer["dppo"]["cpu_per_step_s"],
-            "note": ("recomputing mean_old before the update needs one no-grad forward per trained step over the batch"
-                     " (once per batch, whatever updates_per_batch is); mogen records it during the rollout instead."),
-        },
-        "reward_images_per_s_in_trainer": {a: b / t["reward_s"] for a, t in trainer.items()},
-        "scorer_images_per_s": rates,
-        "notes": [
-            ("one thread; the 2-core machine is shared, so wall times move with the load (machine.load_average_at_write)."
-            " cpu_* numbers are this process's CPU time (time.process_time), which the load barely changes."),
-            ("trainer *_s: medians over steps 3.. of the trainer's time/rollout_s, reward_s, train_s (wall);"
-            " cpu_per_step_s and wall_per_step_s: (run of N steps - run of 2 steps) / (N - 2), whole step incl. logging."),
-            ("floor: the rollout's 10 forwards over the batch (no grad) + forward/backward of a plain loss at the 3 trained"
-            " steps in 2 minibatches + optimizer steps; encode/decode/one_forward are listed but not in the floor."),
-            ("extra_no_grad_forwards_per_step: transformer forwards beyond the floor's, in batch-of-32 units: 3 for the"
-            " base model's means (kl/ref, a logged diagnostic and the beta penalty's reference) + 3 for kl/old_new."),
-            ("reward_images_per_s_in_trainer: 32 images / reward_s, three toy-verifier objectives per image (count, shape,"
-            " position). scorer_images_per_s is copied from scorer_throughput.json (its toy_verifier row scores"
-            " 'overall' on mixed prompts, including text via tesseract, so it is much slower than the trainer's)."),
-        ],
-    }
+    results: dict = {"recipe": str(RECIPE.relative_to(ROOT)), "smoke": args.smoke, "every_step_overrides": args.every_step.split(),
+                     "machine": machine(1), "scales": {}}
+    context = multiprocessing.get_context("spawn")
+    for scale in scales:
+        steps = args.steps or (2 if args.smoke else DEFAULT_STEPS[scale])
+        with ProcessPoolExecutor(1, mp_context=context) as pool:  # a fresh process per scale: its own peak RSS
+            results["scales"][scale] = pool.submit(measure_scale, scale, steps, repeats, args.every_step.split(), args.smoke).result()
+        print(f"{scale}: done in {results['scales'][scale]['wall_seconds']} s", flush=True)
+    results["notes"] = [
+        ("one thread per scale; the machine is shared, so wall times move with the load (machine.load_average_at_write);"
+         " cpu_* numbers are the process's CPU time (time.process_time), which the load barely changes."),
+        ("runs: '<algorithm>/default' uses the diagnostics schedule of the recipe and config defaults (train_config shows it);"
+         " '<algorithm>/every_step' adds every_step_overrides. skipped: variants this mogen's config rejects."),
+        ("seconds: rollout_s/reward_s/train_s are means over steps 2..N of the trainer's time/* (wall); step_s = rollout_s + train_s;"
+         " step_over_floor = step_s / floor_s; cpu_step_over_floor = cpu_per_step_s (whole step, incl. reward and logging) / floor_cpu_s."),
+        ("floor: the rollout's forwards over the batch (no grad) + forward/backward of a plain loss at the trained steps per"
+         " minibatch + optimizer steps; encode/decode/one_forward are listed but not in the floor."),
+        ("forwards_per_step_in_samples: transformer samples per step (calls x batch); replay_style = floor + one no-grad forward"
+         " per trained step over the batch to recompute the old policy's means before the update (mogen records them at rollout);"
+         " old_means_recorded_at_rollout prices those forwards with the floor's one_forward (a no-grad forward over the batch)."),
+        "reward_images_per_s: batch / reward_s, the trainer's scoring of the recipe's objectives (three toy-verifier attributes).",
+        "peak_rss_mib: ru_maxrss of the scale's own process, after the floor and after all trainer runs.",
+    ]
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
-    write_results(OUT_JSON, results)
-    plot(results, OUT_PNG)
-    print(json.dumps({k: v for k, v in results.items() if k not in ("base_overrides",)}, indent=2)[:5000])
-    print(f"wrote {OUT_JSON} and {OUT_PNG}")
+    results = relative_paths(results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, args.out.with_suffix(".png"))
+    summary = {scale: {name: {k: round(run["seconds"][k], 3) for k in ("step_s", "step_over_floor", "cpu_step_over_floor")}
+                       for name, run in r["runs"].items()} | {"floor_s": round(r["floor"]["floor_s"], 3), "skipped": r["skipped"]}
+               for scale, r in results["scales"].items()}
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
 
 
 if __name__ == "__main__":
