@@ -12,6 +12,12 @@ update) are measured at step 1, every `train.diagnostics_every` steps and at the
 step when the recipe needs it (beta > 0 or a `max_ref_kl` budget). Other steps omit those keys. `kl/one_step`
 comes free from the update's own forwards. None of this changes a random draw: the LoRA is the same either way.
 
+Overlap (`rollout.chunk_size`, `rollout.overlap`): the rollout samples each process's share in chunks and
+mogen.overlap decodes and scores each finished chunk on a background thread while the next one samples; rewards are
+assembled in sample order and every sample's noise is drawn for the global batch up front, so overlapping changes no
+bit, and a chunk size only changes float rounding (a forward over fewer samples). time/reward_s is the decode +
+scoring time, time/reward_wait_s the part of it the step waited for after sampling.
+
 The per-step work (`collect_batch`, `update_policy`) is shared with `mogen calibrate`, so its numbers are the
 trainer's by construction.
 
