@@ -23,7 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Self
+from functools import partial
 
 import torch
 
@@ -61,10 +61,8 @@ class ChunkScoring:
         for job in self._jobs:
             if isinstance(job, Future) and job.done():
                 job.result()  # re-raises the worker's exception here rather than after sampling the whole rollout
-        if self._pool is None:
-            self._jobs.append(lambda: self._run(latents, chunk))
-        else:
-            self._jobs.append(self._pool.submit(self._run, latents, chunk))
+        job = partial(self._run, latents, chunk)
+        self._jobs.append(job if self._pool is None else self._pool.submit(job))
 
     def results(self) -> tuple[torch.Tensor, Scores, float]:
         """Every chunk's images and scores concatenated in sample order, and the decode + score seconds summed."""
@@ -73,7 +71,7 @@ class ChunkScoring:
         scores = Scores(first.keys, torch.cat([p.scores.raw for p in parts], dim=1), torch.cat([p.scores.failed for p in parts]))
         return torch.cat([p.images for p in parts]), scores, sum(p.seconds for p in parts)
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> ChunkScoring:
         return self
 
     def __exit__(self, *exc: object) -> None:
