@@ -24,7 +24,7 @@ trainer against that kind of floor.
 
     python -m benchmarks.throughput             # measured: 61 s on an idle machine, 101 s at load 5
     python -m benchmarks.throughput --steps 20  # longer trainer runs, steadier medians
-    python -m benchmarks.throughput --overlap   # only the overlap section (5); the other keys of the JSON are kept
+    python -m benchmarks.throughput --overlap --steps 4  # only section 5 (4.5 min at load 5); other JSON keys kept
 """
 
 from __future__ import annotations
@@ -188,26 +188,37 @@ def cpu_clock() -> tuple[float, float]:
     return time.process_time(), children.ru_utime + children.ru_stime
 
 
+def overlap_run(reward: str, steps: int, chunk_size: int, overrides: list[str], work: Path) -> dict:
+    """One `align` on the pinned quickstart with the letter task and `reward`: its logged times per step (the first,
+    warm-up step dropped) and wall and CPU seconds per step over the whole call."""
+    recipe = load_recipe(RECIPE, [*BASE_OVERRIDES, *OVERLAP_TASK, f"rewards=[{reward}]", *NO_PROBES,
+                                  f"rollout.chunk_size={chunk_size}", *overrides, f"train.steps={steps}",
+                                  f"train.checkpoint_every={steps}", f"train.sample_every={steps}",
+                                  "train.diagnostics_every=1000", f"output_dir={work}"])
+    wall, (cpu, cpu_children) = time.perf_counter(), cpu_clock()
+    align(recipe)
+    wall, cpu, cpu_children = time.perf_counter() - wall, *(b - a for a, b in zip((cpu, cpu_children), cpu_clock()))
+    series = load_metrics(work)
+    times = {k: series[f"time/{k}_s"][1:].tolist() for k in ("rollout", "reward", "reward_wait", "train")}
+    times["step"] = [r + w + t for r, w, t in zip(times["rollout"], times["reward_wait"], times["train"])]
+    return {"times": times, "wall": wall / steps, "cpu": cpu / steps, "cpu_children": cpu_children / steps,
+            "reward_total": series["reward/total"].tolist()}
+
+
 def overlap_runs(reward: str, steps: int, chunk_size: int, work: Path) -> dict:
-    """`align` on the pinned quickstart with the letter task and `reward` for `steps` steps per mode; per step: the
-    loop's own seconds (rollout + wait for rewards + update, median over steps 2..), and wall and CPU over the run."""
+    """Each mode twice, in the order after_sampling, chunked, overlap, overlap, chunked, after_sampling (so a drift in
+    the machine's load hits every mode alike); per mode the medians over both runs' steps 2.."""
+    runs: dict[str, list[dict]] = {mode: [] for mode in OVERLAP_MODES}
+    for i, mode in enumerate([*OVERLAP_MODES, *reversed(OVERLAP_MODES)]):
+        runs[mode].append(overlap_run(reward, steps, chunk_size, OVERLAP_MODES[mode], work / f"{i}-{mode}"))
     modes = {}
-    for mode, overrides in OVERLAP_MODES.items():
-        recipe = load_recipe(RECIPE, [*BASE_OVERRIDES, *OVERLAP_TASK, f"rewards=[{reward}]", *NO_PROBES,
-                                      f"rollout.chunk_size={chunk_size}", *overrides, f"train.steps={steps}",
-                                      f"train.checkpoint_every={steps}", f"train.sample_every={steps}",
-                                      "train.diagnostics_every=1000", f"output_dir={work / mode}"])
-        wall, (cpu, cpu_children) = time.perf_counter(), cpu_clock()
-        align(recipe)
-        wall, cpu, cpu_children = time.perf_counter() - wall, *(b - a for a, b in zip((cpu, cpu_children), cpu_clock()))
-        series = load_metrics(work / mode)
-        per_step = {k: series[f"time/{k}_s"].tolist() for k in ("rollout", "reward", "reward_wait", "train")}
-        step_s = [r + w + t for r, w, t in zip(per_step["rollout"], per_step["reward_wait"], per_step["train"])]
+    for mode, pair in runs.items():
+        times = {k: [v for run in pair for v in run["times"][k]] for k in pair[0]["times"]}
         modes[mode] = {
-            "step_s": median_after_warmup(step_s, skip=1),
-            **{f"{k}_s": median_after_warmup(v, skip=1) for k, v in per_step.items()},
-            "wall_per_step_s": wall / steps, "cpu_per_step_s": cpu / steps, "cpu_children_per_step_s": cpu_children / steps,
-            "reward_total": series["reward/total"].tolist(), "per_step_times": per_step,
+            **{f"{k}_s": float(statistics.median(v)) for k, v in times.items()},
+            **{f"{k}_per_step_s": statistics.mean(run[k] for run in pair) for k in ("wall", "cpu", "cpu_children")},
+            "step_s_per_run": [float(statistics.median(run["times"]["step"])) for run in pair],
+            "reward_total": pair[0]["reward_total"], "per_step_times": times,
         }
     after, chunked, overlapped = modes["after_sampling"], modes["chunked_no_overlap"], modes["overlap"]
     return {
@@ -215,7 +226,8 @@ def overlap_runs(reward: str, steps: int, chunk_size: int, work: Path) -> dict:
         "saving_s_per_step": after["step_s"] - overlapped["step_s"],
         "saving_fraction": 1 - overlapped["step_s"] / after["step_s"],
         "overlap_saving_over_chunked_s_per_step": chunked["step_s"] - overlapped["step_s"],
-        "same_rewards_with_and_without_overlap": chunked["reward_total"] == overlapped["reward_total"],
+        "same_rewards_with_and_without_overlap": all(
+            run["reward_total"] == runs["chunked_no_overlap"][0]["reward_total"] for run in runs["chunked_no_overlap"] + runs["overlap"]),
     }
 
 
@@ -248,10 +260,11 @@ def overlap_bench(steps: int, chunk_size: int, work: Path) -> dict:
     return {
         "task": OVERLAP_TASK, "chunk_size": chunk_size, "steps": steps, "scenarios": scenarios,
         "notes": [
-            ("step_s: median over steps 2.. of time/rollout_s + time/reward_wait_s + time/train_s (the loop's own"
-             " clocks); reward_s is the decode + OCR time, which overlap hides behind the next chunk's sampling, and"
+            ("each mode runs twice (order after, chunked, overlap, overlap, chunked, after). step_s: median over"
+             " both runs' steps 2.. of time/rollout_s + time/reward_wait_s + time/train_s (the loop's own clocks);"
+             " reward_s is the decode + OCR time, which overlap hides behind the next chunk's sampling, and"
              " reward_wait_s the part it did not hide. wall/cpu_per_step_s: the whole align call (setup, final grid"
-             " and LoRA export included) / steps."),
+             " and LoRA export included) / steps, mean of the two runs."),
             ("cpu_per_step_s is this process's CPU time, cpu_children_per_step_s its tesseract subprocesses' (in"
              " process only; the server's are not counted). One torch thread."),
             ("in_process_ocr: scoring and sampling share this process's CPU allowance. On this shared machine (2 cores,"
