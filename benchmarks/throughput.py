@@ -21,11 +21,17 @@ process's), and measures:
    old policy's means from the stored latents before the update (one no-grad forward per trained step over the
    batch) where mogen records them during the rollout.
 
+4. Overlap (`--overlap`, its own run, written under the "overlap" key): step time with a slow scorer, the toy world's
+   letter task scored by tesseract OCR (toy_verifier's `text` attribute), with the rollout scored after sampling
+   and sampled in chunks scored on a background thread while the next chunk samples (`rollout.chunk_size`,
+   `rollout.overlap`); the chunked run without overlap separates what chunking costs from what overlap saves.
+
     python -m benchmarks.throughput                      # both scales; writes results/throughput.{json,png}
     # measured at load ~6 on 2 cores: tiny (10 steps, 3 repeats) 5.3 min wall / 1.5 min CPU;
     # mid with --steps 2 --repeats 1: 30 min wall / 17.5 min CPU (the defaults, 4 steps and 3 repeats, need ~2x that CPU)
     python -m benchmarks.throughput --scales tiny --steps 20
     python -m benchmarks.throughput --smoke --out /tmp/t.json   # seconds: small batch, toy SD3, 2 steps
+    python -m benchmarks.throughput --overlap --steps 4  # only section 4 (4.5 min at load 5); other JSON keys kept
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ import json
 import multiprocessing
 import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -49,12 +57,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from benchmarks.quickstart_runs import BASE_OVERRIDES, RECIPE, ROOT, machine
+from benchmarks.quickstart_runs import BASE_OVERRIDES, RECIPE, ROOT, machine, write_results
 from typing_extensions import Self
 
 OUT_JSON = ROOT / "benchmarks" / "results" / "throughput.json"
 ALGORITHMS = {"dppo": [], "grpo_clip1e-4": ["algorithm.name=grpo", "algorithm.clip_range=1.0e-4"]}
 NO_PROBES = ["eval.suites=[]", "eval.every=0", "train.log_with=[]"]
+OVERLAP_TASK = ["prompts.tasks=[text]", "advantage.mode=sum_then_normalize"]
+OCR_REWARD = "{name: toy_verifier, label: text, kwargs: {attribute: text}}"  # tesseract on every image
+OVERLAP_MODES = {"after_sampling": ["rollout.chunk_size=null"],
+                 "chunked_no_overlap": ["rollout.overlap=false"],
+                 "overlap": ["rollout.overlap=true"]}
 SMALL_BATCH = ["rollout.prompts_per_batch=2", "rollout.group_size=2"]
 DEFAULT_STEPS = {"tiny": 10, "mid": 4, "quickstart": 10}
 FLOOR_PARTS = ("encode", "rollout_forwards", "decode", "one_forward", "train_fwd_bwd")
@@ -274,6 +287,111 @@ def relative_paths(value: object) -> object:
     return value.replace(f"{ROOT}/", "").replace(str(ROOT), ".") if isinstance(value, str) else value
 
 
+def cpu_clock() -> tuple[float, float]:
+    """CPU seconds of this process and of its finished children (the tesseract subprocesses)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time(), children.ru_utime + children.ru_stime
+
+
+def overlap_run(reward: str, steps: int, chunk_size: int, overrides: list[str], work: Path) -> dict:
+    """One `align` on the pinned quickstart with the letter task and `reward`: its logged times per step (the first,
+    warm-up step dropped) and wall and CPU seconds per step over the whole call."""
+    from mogen.config import load_recipe
+    from mogen.evaluation.runs import load_metrics
+    from mogen.trainer import align
+
+    recipe = load_recipe(RECIPE, [*BASE_OVERRIDES, *OVERLAP_TASK, f"rewards=[{reward}]", *NO_PROBES,
+                                  f"rollout.chunk_size={chunk_size}", *overrides, f"train.steps={steps}",
+                                  f"train.checkpoint_every={steps}", f"train.sample_every={steps}",
+                                  "train.diagnostics_every=1000", f"output_dir={work}"])
+    wall, (cpu, cpu_children) = time.perf_counter(), cpu_clock()
+    align(recipe)
+    wall, cpu, cpu_children = time.perf_counter() - wall, *(b - a for a, b in zip((cpu, cpu_children), cpu_clock()))
+    series = load_metrics(work)
+    times = {k: series[f"time/{k}_s"][1:].tolist() for k in ("rollout", "reward", "reward_wait", "train")}
+    times["step"] = [r + w + t for r, w, t in zip(times["rollout"], times["reward_wait"], times["train"])]
+    return {"times": times, "wall": wall / steps, "cpu": cpu / steps, "cpu_children": cpu_children / steps,
+            "reward_total": series["reward/total"].tolist()}
+
+
+def overlap_runs(reward: str, steps: int, chunk_size: int, work: Path) -> dict:
+    """Each mode twice, in the order after_sampling, chunked, overlap, overlap, chunked, after_sampling (so a drift in
+    the machine's load hits every mode alike); per mode the medians over both runs' steps 2.."""
+    runs: dict[str, list[dict]] = {mode: [] for mode in OVERLAP_MODES}
+    for i, mode in enumerate([*OVERLAP_MODES, *reversed(OVERLAP_MODES)]):
+        runs[mode].append(overlap_run(reward, steps, chunk_size, OVERLAP_MODES[mode], work / f"{i}-{mode}"))
+    modes = {}
+    for mode, pair in runs.items():
+        times = {k: [v for run in pair for v in run["times"][k]] for k in pair[0]["times"]}
+        modes[mode] = {
+            **{f"{k}_s": float(statistics.median(v)) for k, v in times.items()},
+            **{f"{k}_per_step_s": statistics.mean(run[k] for run in pair) for k in ("wall", "cpu", "cpu_children")},
+            "step_s_per_run": [float(statistics.median(run["times"]["step"])) for run in pair],
+            "reward_total": pair[0]["reward_total"], "per_step_times": times,
+        }
+    after, chunked, overlapped = modes["after_sampling"], modes["chunked_no_overlap"], modes["overlap"]
+    return {
+        "reward": reward, "modes": modes,
+        "saving_s_per_step": after["step_s"] - overlapped["step_s"],
+        "saving_fraction": 1 - overlapped["step_s"] / after["step_s"],
+        "overlap_saving_over_chunked_s_per_step": chunked["step_s"] - overlapped["step_s"],
+        "same_rewards_with_and_without_overlap": all(
+            run["reward_total"] == runs["chunked_no_overlap"][0]["reward_total"] for run in runs["chunked_no_overlap"] + runs["overlap"]),
+    }
+
+
+def ocr_server(log: Path) -> tuple[subprocess.Popen, str]:
+    """`mogen serve-reward toy_verifier --set attribute=text` on a free loopback port, in its own session: the kernel
+    then shares the CPU between it and this process as between two machines' worth of work (a scorer elsewhere)."""
+    command = [sys.executable, "-m", "mogen", "serve-reward", "toy_verifier", "--set", "attribute=text", "--port", "0"]
+    with open(log, "w") as out:  # the server's output goes to the file: a pipe nobody reads could fill and block it
+        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while server.poll() is None and time.monotonic() < deadline:
+        if "http://127.0.0.1:" in (text := log.read_text()):  # it names its URL once it listens
+            return server, "http://127.0.0.1:" + text.split("http://127.0.0.1:")[1].split()[0]
+        time.sleep(0.5)
+    server.terminate()
+    server.wait(timeout=60)
+    raise RuntimeError(f"serve-reward did not start: {log.read_text()[-2000:]}")
+
+
+def overlap_bench(steps: int, chunk_size: int, work: Path) -> dict:
+    """The in-process OCR scorer, then the same scorer served by `mogen serve-reward` (the `remote` client)."""
+    scenarios = {"in_process_ocr": overlap_runs(OCR_REWARD, steps, chunk_size, work / "in_process")}
+    server, url = ocr_server(work / "server.log")
+    try:
+        remote = f"{{name: remote, label: text, kwargs: {{url: '{url}', reward: toy_verifier}}}}"
+        scenarios["remote_ocr"] = overlap_runs(remote, steps, chunk_size, work / "remote")
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    return {
+        "task": OVERLAP_TASK, "chunk_size": chunk_size, "steps": steps, "scenarios": scenarios,
+        "notes": [
+            ("each mode runs twice (order after, chunked, overlap, overlap, chunked, after). step_s: median over"
+             " both runs' steps 2.. of time/rollout_s + time/reward_wait_s + time/train_s (the loop's own clocks);"
+             " reward_s is the decode + OCR time, which overlap hides behind the next chunk's sampling, and"
+             " reward_wait_s the part it did not hide. wall/cpu_per_step_s: the whole align call (setup, final grid"
+             " and LoRA export included) / steps, mean of the two runs."),
+            ("cpu_per_step_s is this process's CPU time, cpu_children_per_step_s its tesseract subprocesses' (in"
+             " process only; the server's are not counted). One torch thread."),
+            ("in_process_ocr: scoring and sampling share this process's CPU allowance. On this shared machine (2 cores,"
+             " load ~5, the kernel's autogroup scheduler giving each session a fixed share) a second busy thread gets"
+             " no extra CPU, so overlap cannot shorten the step here; it does where a core is free."),
+            ("remote_ocr: the same scorer served by `mogen serve-reward` in its own session (its own CPU share, as a"
+             " scorer on other hardware would have): the trainer's worker thread only waits on HTTP while the next"
+             " chunk samples."),
+        ],
+    }
+
+
+def write_overlap(results: dict) -> None:
+    """Update the "overlap" key of throughput.json, keeping every other key as it is."""
+    existing = json.loads(OUT_JSON.read_text()) if OUT_JSON.is_file() else {}
+    write_results(OUT_JSON, {**existing, "overlap": {**results, "machine": machine(1)}})
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -326,7 +444,18 @@ def main() -> None:
                         help="recipe override(s), space-separated, that run every diagnostic on every step")
     parser.add_argument("--smoke", action="store_true", help="seconds, for a test: 4 samples a step, a toy SD3, 2 steps, 1 repeat")
     parser.add_argument("--out", type=Path, default=OUT_JSON, help="results JSON (the PNG is written next to it)")
+    parser.add_argument("--overlap", action="store_true", help="only measure overlap (section 4): OCR-scored steps with and without it")
+    parser.add_argument("--chunk-size", type=int, default=8, help="rollout.chunk_size of the overlap runs (the batch is 32)")
     args = parser.parse_args()
+    if args.overlap:
+        with tempfile.TemporaryDirectory() as tmp:
+            overlap = overlap_bench(args.steps or 4, args.chunk_size, Path(tmp))
+        write_overlap(overlap)
+        for name, scenario in overlap["scenarios"].items():
+            print(name, json.dumps({k: v for k, v in scenario.items() if k != "modes"} | {
+                m: {k: round(v, 2) for k, v in r.items() if k.endswith("_s")} for m, r in scenario["modes"].items()}, indent=2))
+        print(f"wrote the overlap key of {OUT_JSON}")
+        return
     scales = [s.strip() for s in args.scales.split(",") if s.strip()]
     unknown = sorted(set(scales) - set(DEFAULT_STEPS))
     if unknown:
@@ -361,6 +490,8 @@ def main() -> None:
         "peak_rss_mib: ru_maxrss of the scale's own process, after the floor and after all trainer runs.",
     ]
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
+    if args.out == OUT_JSON and OUT_JSON.is_file() and "overlap" in (previous := json.loads(OUT_JSON.read_text())):
+        results["overlap"] = previous["overlap"]  # measured by its own run (--overlap)
     results = relative_paths(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -89,6 +89,14 @@ class SamplerConfig(_Section):
 class RolloutConfig(_Section):
     prompts_per_batch: int = Field(4, ge=1)
     group_size: int = Field(8, ge=2, description="samples per prompt; advantages are normalized within a group")
+    chunk_size: int | None = Field(None, ge=1, description=(
+        "samples per process rolled out at a time (null: the process's whole share at once). Smaller chunks need"
+        " less memory and let scoring overlap sampling (`overlap`); a sample's noise does not depend on it, but a"
+        " forward over fewer samples rounds differently, so runs with different chunk sizes agree only to float"
+        " precision"))
+    overlap: bool = Field(True, description=(
+        "with `chunk_size`: decode and score each finished chunk on a background thread while the next chunk"
+        " samples (pays with a slow scorer: OCR, remote, vlm_judge). Changes no bit of the run"))
 
 
 class ScorerSpec(_Section):

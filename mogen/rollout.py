@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from mogen.losses import gaussian_kl
-from mogen.models.contract import Conditioning, FlowPolicy
+from mogen.models.contract import Conditioning, FlowPolicy, index_cond
 from mogen.sampling import STEP_KERNELS, StepOutput, timesteps
 from mogen.trajectory import sample_trajectory
 
@@ -35,7 +35,7 @@ class Rollout:
     means:        (B, S, *latent) the old policy's Gaussian mean; stds: (S,) its std.
     log_probs:    (B, S) the old policy's log-prob of next_latents.
     ref_means:    (B, S, *latent) the base model's mean (adapter disabled) or None if not asked for.
-    images:       (B, 3, H, W) in [0, 1], the decoded final samples.
+    images:       (B, 3, H, W) in [0, 1], the decoded final samples; None if the caller decoded them (`on_chunk`).
     """
 
     prompts: list[str]
@@ -50,7 +50,7 @@ class Rollout:
     stds: torch.Tensor
     log_probs: torch.Tensor
     ref_means: torch.Tensor | None
-    images: torch.Tensor
+    images: torch.Tensor | None
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -71,6 +71,12 @@ def choose_trained_steps(window: tuple[int, int], count: int, generator: torch.G
     return torch.randperm(end - start, generator=generator)[:count].sort().values + start
 
 
+def chunks_of(size: int, chunk_size: int | None) -> list[slice]:
+    """[0, size) cut into consecutive slices of `chunk_size` samples (the last may be shorter); one slice if None."""
+    step = chunk_size or max(size, 1)
+    return [slice(start, min(start + step, size)) for start in range(0, size, step)]
+
+
 @torch.no_grad()
 def collect_rollout(
     policy: FlowPolicy,
@@ -86,6 +92,8 @@ def collect_rollout(
     device: torch.device,
     base_policy: Callable[[], Any] | None = None,
     shard: slice | None = None,
+    chunk_size: int | None = None,
+    on_chunk: Callable[[torch.Tensor, slice], None] | None = None,
 ) -> Rollout:
     """Sample one image per prompt and record the trained steps.
 
@@ -95,36 +103,66 @@ def collect_rollout(
 
     `shard` (data parallel): roll out only these samples of the global batch `prompts`. The noise is drawn for
     the whole batch and sliced, so a sample gets the same noise however the batch is split over processes.
+
+    `chunk_size`: sample the shard this many samples at a time. All noise (x_1, then one tensor per stochastic
+    step) is drawn up front for the global batch in the order the one-chunk loop draws it, and each chunk takes its
+    rows, so a sample's trajectory does not depend on the chunking either.
+
+    `on_chunk(final_latents, chunk)`: called as soon as each chunk is sampled, with its final latents and its slice
+    of the shard (the trainer decodes and scores it in a background thread while the next chunk samples); the
+    returned Rollout then has no images. Without it the rollout decodes the images itself.
     """
     shard = shard or slice(0, len(prompts))
     global_shape = (len(prompts), *policy.latent_shape)
     prompts, group_ids = list(prompts)[shard], group_ids[shard]
     cond = policy.encode_prompts(prompts)
-    x = torch.randn(global_shape, generator=generator, device=device, dtype=torch.float32)[shard]
+
+    def draw() -> torch.Tensor:
+        return torch.randn(global_shape, generator=generator, device=device, dtype=torch.float32)[shard]
+
+    x_start = draw()
+    noises = [draw() for _ in range(len(trained_steps))]  # one per stochastic step (the trained ones), in step order
     times = timesteps(num_steps, shift, device=device)
     trained = set(trained_steps.tolist())
-    records: dict[str, list[torch.Tensor]] = {k: [] for k in ("latents", "next", "means", "stds", "log_probs", "ref")}
 
-    def record(i: int, x_t: torch.Tensor, out: StepOutput) -> None:
-        if i not in trained:
-            return
-        records["latents"].append(x_t)
-        records["next"].append(out.prev_sample)
-        records["means"].append(out.mean)
-        records["stds"].append(out.std.flatten()[0])
-        records["log_probs"].append(out.log_prob)
-        if base_policy is not None:
-            t, t_next = times[i], times[i + 1]
-            with base_policy():
-                ref_velocity = policy.velocity(x_t, t.expand(len(prompts)), cond)
-            records["ref"].append(STEP_KERNELS[kind](ref_velocity, x_t, t, t_next, eta, prev_sample=out.prev_sample).mean)
+    def sample_chunk(chunk: slice) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
+        """Denoise the chunk's samples; returns their final latents and the trained steps' records."""
+        chunk_cond, chunk_noise = index_cond(cond, chunk), iter([noise[chunk] for noise in noises])
+        records: dict[str, list[torch.Tensor]] = {k: [] for k in ("latents", "next", "means", "stds", "log_probs", "ref")}
 
-    x = sample_trajectory(
-        lambda x_t, t: policy.velocity(x_t, t, cond), x, times, stochastic=trained, kind=kind, eta=eta,
-        noise=lambda: torch.randn(global_shape, generator=generator, device=device, dtype=torch.float32)[shard],
-        on_step=record,
-    )
-    images = policy.decode(x).float().clamp(0, 1)
+        def record(i: int, x_t: torch.Tensor, out: StepOutput) -> None:
+            if i not in trained:
+                return
+            records["latents"].append(x_t)
+            records["next"].append(out.prev_sample)
+            records["means"].append(out.mean)
+            records["stds"].append(out.std.flatten()[0])
+            records["log_probs"].append(out.log_prob)
+            if base_policy is not None:
+                t, t_next = times[i], times[i + 1]
+                with base_policy():
+                    ref_velocity = policy.velocity(x_t, t.expand(len(x_t)), chunk_cond)
+                records["ref"].append(STEP_KERNELS[kind](ref_velocity, x_t, t, t_next, eta, prev_sample=out.prev_sample).mean)
+
+        x = sample_trajectory(
+            lambda x_t, t: policy.velocity(x_t, t, chunk_cond), x_start[chunk], times, stochastic=trained, kind=kind,
+            eta=eta, noise=lambda: next(chunk_noise), on_step=record,
+        )
+        return x, records
+
+    parts, images = [], []
+    for chunk in chunks_of(len(prompts), chunk_size):
+        x, records = sample_chunk(chunk)
+        parts.append(records)
+        if on_chunk is not None:
+            on_chunk(x, chunk)
+        else:
+            images.append(policy.decode(x).float().clamp(0, 1))
+
+    def joined(key: str) -> torch.Tensor:
+        """(B, S, ...): each chunk's per-step records stacked on dim 1, the chunks concatenated in sample order."""
+        return torch.cat([torch.stack(records[key], dim=1) for records in parts])
+
     index = trained_steps.to(device)
     return Rollout(
         prompts=prompts,
@@ -133,11 +171,11 @@ def collect_rollout(
         step_indices=index,
         t=times[index],
         t_next=times[index + 1],
-        latents=torch.stack(records["latents"], dim=1),
-        next_latents=torch.stack(records["next"], dim=1),
-        means=torch.stack(records["means"], dim=1),
-        stds=torch.stack(records["stds"]),
-        log_probs=torch.stack(records["log_probs"], dim=1),
-        ref_means=torch.stack(records["ref"], dim=1) if records["ref"] else None,
-        images=images,
+        latents=joined("latents"),
+        next_latents=joined("next"),
+        means=joined("means"),
+        stds=torch.stack(parts[0]["stds"]),  # the same for every sample
+        log_probs=joined("log_probs"),
+        ref_means=joined("ref") if base_policy is not None else None,
+        images=torch.cat(images) if images else None,
     )

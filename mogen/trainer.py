@@ -12,6 +12,12 @@ update) are measured at step 1, every `train.diagnostics_every` steps and at the
 step when the recipe needs it (beta > 0 or a `max_ref_kl` budget). Other steps omit those keys. `kl/one_step`
 comes free from the update's own forwards. None of this changes a random draw: the LoRA is the same either way.
 
+Overlap (`rollout.chunk_size`, `rollout.overlap`): the rollout samples each process's share in chunks and
+mogen.overlap decodes and scores each finished chunk on a background thread while the next one samples; rewards are
+assembled in sample order and every sample's noise is drawn for the global batch up front, so overlapping changes no
+bit, and a chunk size only changes float rounding (a forward over fewer samples). time/reward_s is the decode +
+scoring time, time/reward_wait_s the part of it the step waited for after sampling.
+
 The per-step work (`collect_batch`, `update_policy`) is shared with `mogen calibrate`, so its numbers are the
 trainer's by construction.
 
@@ -23,6 +29,7 @@ all of them, and so does gathering sharded weights) and written by the main proc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import warnings
@@ -45,6 +52,7 @@ from mogen.export import export_lora
 from mogen.lora import adapter_disabled, attach_lora, save_lora
 from mogen.models.loading import load_policy
 from mogen.objectives import Advantages, compute_advantages, ref_kl_gate
+from mogen.overlap import ChunkScoring
 from mogen.prompts import PromptSource
 from mogen.rewards import Objectives, Scores
 from mogen.models.contract import FlowPolicy
@@ -167,22 +175,30 @@ def collect_batch(c: Components, step: int, measure_ref_kl: bool) -> Batch:
     gens = step_generators(recipe.train.seed, step, device)
     batch_prompts, group_ids = c.prompts.draw(rollout_cfg.prompts_per_batch, rollout_cfg.group_size, gens.numpy)
 
-    started = time.perf_counter()
-    c.policy.transformer.eval()
-    with accelerator.autocast():
-        rollout = collect_rollout(
-            c.policy, batch_prompts, torch.as_tensor(group_ids),
-            kind=sampler.kind, eta=sampler.eta, num_steps=sampler.num_steps, shift=sampler.shift,
-            trained_steps=choose_trained_steps(sampler.train_window, sampler.train_steps, gens.cpu),
-            generator=gens.device, device=device, base_policy=c.base_model if measure_ref_kl else None, shard=c.shard,
-        )
-    rollout_s = time.perf_counter() - started
+    def decode(latents: torch.Tensor) -> torch.Tensor:  # on the scoring thread: grad and autocast modes are per thread
+        with torch.no_grad(), accelerator.autocast():
+            return c.policy.decode(latents).float().clamp(0, 1)
 
     started = time.perf_counter()
-    local_scores = c.objectives.score(rollout.images, rollout.prompts)
+    c.policy.transformer.eval()
+    local_prompts = list(batch_prompts)[c.shard]
+    background = rollout_cfg.overlap and rollout_cfg.chunk_size is not None and rollout_cfg.chunk_size < len(local_prompts)
+    with ChunkScoring(decode, c.objectives.score, local_prompts, device, background) as scoring:
+        with accelerator.autocast():
+            rollout = collect_rollout(
+                c.policy, batch_prompts, torch.as_tensor(group_ids),
+                kind=sampler.kind, eta=sampler.eta, num_steps=sampler.num_steps, shift=sampler.shift,
+                trained_steps=choose_trained_steps(sampler.train_window, sampler.train_steps, gens.cpu),
+                generator=gens.device, device=device, base_policy=c.base_model if measure_ref_kl else None, shard=c.shard,
+                chunk_size=rollout_cfg.chunk_size, on_chunk=scoring.submit,
+            )
+        rollout_s = time.perf_counter() - started
+        started = time.perf_counter()
+        images, local_scores, reward_s = scoring.results()
+    reward_wait_s = time.perf_counter() - started  # the scoring that did not hide behind sampling
+    rollout = dataclasses.replace(rollout, images=images)
     scores = Scores(local_scores.keys, gather_samples(local_scores.raw, accelerator, dim=1),
                     gather_samples(local_scores.failed, accelerator))  # the whole batch, on every process
-    reward_s = time.perf_counter() - started
     group_ids = torch.as_tensor(group_ids, device=device)
     keep = ~scores.failed_groups(group_ids)
     if not bool(keep.all()) and accelerator.is_main_process:
@@ -204,7 +220,7 @@ def collect_batch(c: Components, step: int, measure_ref_kl: bool) -> Batch:
     advantages = Advantages(advantages.per_objective[:, c.shard], advantages.combined[c.shard])  # this process's samples
     weights = c.objectives.weights.to(device) * gates if recipe.advantage.mode == "per_objective" else torch.ones(1, device=device)
     inputs = UpdateInputs(advantages, keep, c.shard, weights, c.deltas, c.objectives.loss_keys(recipe.advantage.mode))
-    metrics.update({"time/rollout_s": rollout_s, "time/reward_s": reward_s})
+    metrics.update({"time/rollout_s": rollout_s, "time/reward_s": reward_s, "time/reward_wait_s": reward_wait_s})
     return Batch(rollout, scores, inputs, gens, metrics)
 
 

@@ -36,14 +36,15 @@ ACCELERATE = Path(sys.executable).with_name("accelerate")
 REWARDS = [{"name": "toy_verifier", "kwargs": {"attribute": "count"}}, {"name": "vivid"}]
 
 
-def _recipe(tmp_path: Path, model_dir: Path, name: str, rewards: list[dict], advantage_std: str = "group", **algorithm) -> Path:
+def _recipe(tmp_path: Path, model_dir: Path, name: str, rewards: list[dict], advantage_std: str = "group",
+            chunk_size: int | None = None, **algorithm) -> Path:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("two red circles\na blue square\n")
     data = {
         "model": {"name": str(model_dir)},
         "lora": {"rank": 4, "alpha": 8},
         "prompts": {"source": "file", "path": str(prompts)},
-        "rollout": {"prompts_per_batch": 2, "group_size": 4},
+        "rollout": {"prompts_per_batch": 2, "group_size": 4, "chunk_size": chunk_size},
         "sampler": {"num_steps": 4, "train_window": [0, 2], "train_steps": 2},
         "advantage": {"std": advantage_std},
         "algorithm": {"name": "dppo", "delta": 1e-9, **algorithm},  # a delta that masks: the masks must agree too
@@ -90,10 +91,12 @@ def _assert_same_run(two: Path, one: Path, steps: int = 1, rtol: float = 1e-3, a
     assert (Path(two) / "samples" / f"step-{steps}.png").is_file() and (Path(two) / "checkpoints" / f"step-{steps}").is_dir()
 
 
-@pytest.mark.parametrize("advantage_std", ["group", "batch"])
-def test_two_processes_make_the_same_update_as_one(tmp_path: Path, tiny_model_dir: Path, advantage_std: str) -> None:
-    """With `advantage.std: batch` the std is the whole batch's (rewards are gathered first), not a process's half."""
-    two = _launch_two_processes(_recipe(tmp_path, tiny_model_dir, "two", REWARDS, advantage_std))
+@pytest.mark.parametrize(("advantage_std", "chunk_size"), [("group", None), ("batch", 3)])
+def test_two_processes_make_the_same_update_as_one(tmp_path: Path, tiny_model_dir: Path, advantage_std: str, chunk_size: int | None) -> None:
+    """With `advantage.std: batch` the std is the whole batch's (rewards are gathered first), not a process's half.
+    With `rollout.chunk_size: 3` each process samples its 4 samples as chunks of 3 and 1, scored on a background
+    thread while the next chunk samples, and gathers the rewards in sample order as without chunks."""
+    two = _launch_two_processes(_recipe(tmp_path, tiny_model_dir, "two", REWARDS, advantage_std, chunk_size))
     one = align(load_recipe(_recipe(tmp_path, tiny_model_dir, "one", REWARDS, advantage_std)))
     _assert_same_run(two, one)
 

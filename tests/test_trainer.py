@@ -127,12 +127,13 @@ def test_dry_run_prints_resolved_recipe(tmp_path: Path, tiny_model_dir: Path) ->
     assert not (tmp_path / "run").exists()
 
 
-def test_groups_with_failed_rewards_are_dropped_with_a_warning(tmp_path: Path, tiny_model_dir: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("chunk_size", ["null", "3"])  # 3: failures scored on the background thread, in chunks
+def test_groups_with_failed_rewards_are_dropped_with_a_warning(tmp_path: Path, tiny_model_dir: Path, monkeypatch, chunk_size: str) -> None:
     monkeypatch.syspath_prepend(str(Path(__file__).parent / "reward_plugin"))
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("two red circles\na blue square\n")
     path = _recipe_file(tmp_path, tiny_model_dir, prompts={"source": "file", "path": str(prompts)})
-    recipe = load_recipe(path, ["rewards=[{name: fails_on_word, kwargs: {word: red}}]", "train.steps=1"])
+    recipe = load_recipe(path, ["rewards=[{name: fails_on_word, kwargs: {word: red}}]", "train.steps=1", f"rollout.chunk_size={chunk_size}"])
     with pytest.warns(UserWarning, match="dropping 4 samples whose group has a failed reward"):
         run = align(recipe)
     (metrics,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -200,3 +201,36 @@ def test_a_ref_kl_budget_measures_kl_ref_at_every_step(tmp_path: Path, tiny_mode
     metrics = [json.loads(line) for line in (align(recipe) / "metrics.jsonl").read_text().splitlines()]
     assert all("kl/ref" in m and "gate/vivid" in m for m in metrics)  # the gate needs it at every step
     assert ["kl/old_new" in m for m in metrics] == [True, False, True]
+
+
+def _run(path: Path, output: Path, *overrides: str) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    run = align(load_recipe(path, [*overrides, f"output_dir={output}"]))
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return metrics, load_file(str(run / "lora" / "adapter.safetensors"))
+
+
+def _untimed(metrics: list[dict]) -> list[dict]:
+    return [{k: v for k, v in m.items() if not k.startswith("time/")} for m in metrics]
+
+
+def test_overlapped_scoring_changes_no_bit(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """rollout.overlap scores each chunk on a background thread while the next one samples: the rewards come back in
+    sample order and the LoRA is bit for bit the one of scoring after sampling. Chunks of 3 do not divide the 8
+    samples (the last chunk is shorter). Against the one-chunk rollout the noise is the same; the forwards over
+    3 samples round differently from those over 8 (CPU GEMM kernels depend on the batch), so that run agrees to
+    float precision."""
+    path = _recipe_file(tmp_path, tiny_model_dir)
+    common = ["train.steps=2", "algorithm.minibatches=2"]
+    serial = _run(path, tmp_path / "serial", *common, "rollout.chunk_size=3", "rollout.overlap=false")
+    overlapped = _run(path, tmp_path / "overlapped", *common, "rollout.chunk_size=3")
+    whole = _run(path, tmp_path / "whole", *common)
+    assert _untimed(overlapped[0]) == _untimed(serial[0])
+    assert all(torch.equal(overlapped[1][k], serial[1][k]) for k in serial[1])
+    assert any((v != 0).any() for k, v in overlapped[1].items() if "lora_B" in k)
+    assert all(m["time/reward_wait_s"] <= m["time/reward_s"] + 1e-3 for m in overlapped[0])
+    for chunked, one in zip(_untimed(overlapped[0]), _untimed(whole[0])):
+        assert chunked.keys() == one.keys()
+        # update/loss is -mean(advantage * ratio): the advantages sum to 0, so it is rounding-sized and compared absolutely
+        assert chunked.pop("update/loss") == pytest.approx(one.pop("update/loss"), abs=1e-5)
+        assert {k: (chunked[k], one[k]) for k in one if chunked[k] != pytest.approx(one[k], rel=1e-4, abs=1e-9)} == {}
+    assert all(torch.allclose(overlapped[1][k], whole[1][k], rtol=1e-3, atol=1e-6) for k in whole[1])
