@@ -53,7 +53,6 @@ import json
 import math
 import time
 from pathlib import Path
-from statistics import NormalDist
 
 import numpy as np
 import torch
@@ -65,6 +64,7 @@ from benchmarks.quickstart_runs import (
 )
 
 from mogen.evaluation.runs import load_metrics
+from mogen.trust_region import binding_kl, matched_eps
 
 OUT_JSON = ROOT / "benchmarks" / "results" / "matched_regime.json"
 D_TINY = 4 * 8 * 8  # builtin:tiny's latent: 4 channels x 8 x 8
@@ -84,32 +84,6 @@ NOTES = [
     "stability: the change of trained_mean_gain from the matched setting to its stressed twin, paired by seed.",
     "advantages: the quickstart's (per objective, group std, clip 5) for both algorithms.",
 ]
-
-
-def clip_fraction(kl: float, eps: float, d: int) -> float:
-    """P(|log r| > eps) for log r ~ N(-kl, 2 kl / d): the share of steps a ratio clip eps clips at a per-step KL kl."""
-    spread = math.sqrt(2 * kl / d)
-    normal = NormalDist()
-    return 1 - normal.cdf((eps - kl) / spread) + normal.cdf((-eps - kl) / spread)
-
-
-def _bisect(increasing, target: float, lo: float, hi: float) -> float:
-    """x in [lo, hi] with increasing(x) = target, by bisection in log space."""
-    for _ in range(200):
-        mid = math.sqrt(lo * hi)
-        lo, hi = (lo, mid) if increasing(mid) > target else (mid, hi)
-    return math.sqrt(lo * hi)
-
-
-def binding_kl(eps: float, d: int) -> float:
-    """The per-step KL at which a clip eps clips half of the steps of a D-element latent."""
-    return _bisect(lambda kl: clip_fraction(kl, eps, d), 0.5, 1e-14, 1.0)
-
-
-def matched_eps(eps_reference: float, d_reference: int, d: int) -> float:
-    """The clip range that binds on a D-element latent at the KL where eps_reference binds on d_reference."""
-    target = binding_kl(eps_reference, d_reference)
-    return _bisect(lambda eps: binding_kl(eps, d), target, 1e-8, 1.0)
 
 
 EPS_MATCHED = float(f"{matched_eps(EPS_REFERENCE, D_SD35, D_TINY):.1e}")  # 6.0e-4

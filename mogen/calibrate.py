@@ -8,7 +8,7 @@ same seeds, same draws, same update), in memory, writing nothing, and reports:
   autocast, batch-shape-dependent kernels); the same gap re-measured at other batch shapes;
 - D (latent elements per sample) and, per denoising step, the exact KL that one optimizer step moves (median,
   p90) with the spread of log r against its prediction sqrt(2 KL / D): a mean-over-dims log r has mean -KL and
-  variance 2 KL / D, so a ratio clip eps binds at KL ~ min(eps, D eps^2 / 2);
+  variance 2 KL / D, so a ratio clip eps binds at KL ~ min(eps, D eps^2 / 2) (exactly: mogen.trust_region);
 - the share of sample-steps the recipe's delta masks (the number the trainer logs as `mask_fraction`) and
   its eps would clip, the delta and eps that would give `target` of them, and the reference-equivalent settings;
 - reward health per objective: share of prompt groups whose rewards differ (no spread, no advantage), the
@@ -37,26 +37,8 @@ from mogen.losses import gaussian_kl
 from mogen.models.contract import index_cond
 from mogen.sampling import STEP_KERNELS
 from mogen.trainer import Batch, Components, build_components, collect_batch, needs_ref_kl, update_policy
+from mogen.trust_region import REFERENCE_CLIP_RANGE, REFERENCE_D, REFERENCE_DELTA, binding_kl, matched_eps
 from mogen.update import Visit, moved_from_rollout
-
-# The reference's operating point (see shared notes / issue 14): UniRL's tau = 1e-5 on bf16-stored means is an
-# exact float32 KL of ~7.5e-6 / 4.8e-6 / 2.6e-6 at SD3.5 steps 1 / 2 / 4; flow_grpo clips at 1e-4 with D = 65,536
-# (SD3.5, 16 x 64 x 64 latents at 512 px).
-REFERENCE_DELTA = 5e-6
-REFERENCE_CLIP_RANGE, REFERENCE_D = 1e-4, 16 * 64 * 64
-
-
-def clip_binds_at(eps: float, d: int) -> float:
-    """The KL at which a ratio clip eps starts to bind for D-dimensional mean-reduced log-ratios:
-    |log r| ~ KL + sqrt(2 KL / D) reaches eps at KL ~ min(eps, D eps^2 / 2)."""
-    return min(eps, d * eps**2 / 2)
-
-
-def clip_range_binding_at(kl: float, d: int) -> float:
-    """The eps with clip_binds_at(eps, d) == kl (the inverse of the above)."""
-    eps = math.sqrt(2 * kl / d)
-    return eps if eps < 2 / d else kl
-
 
 def _fraction_above(values: torch.Tensor, threshold: float) -> float:
     return float((values > threshold).float().mean())
@@ -174,9 +156,9 @@ def calibrate(recipe: Recipe, steps: int = 5, target: float = 0.05) -> dict[str,
         },
         "reference_equivalent": {
             "delta": REFERENCE_DELTA,
-            "clip_range": clip_range_binding_at(clip_binds_at(REFERENCE_CLIP_RANGE, REFERENCE_D), d),
-            "clip_range_binds_at_kl": clip_binds_at(algorithm.clip_range, d),
-            "reference_clip_binds_at_kl": clip_binds_at(REFERENCE_CLIP_RANGE, REFERENCE_D),
+            "clip_range": matched_eps(REFERENCE_CLIP_RANGE, REFERENCE_D, d),
+            "clip_range_binds_at_kl": binding_kl(algorithm.clip_range, d),
+            "reference_clip_binds_at_kl": binding_kl(REFERENCE_CLIP_RANGE, REFERENCE_D),
         },
         "rewards": _reward_health(scores, c.objectives.keys) | {
             "rollout_images_per_s": images / rollout_s, "reward_images_per_s": images / reward_s,
@@ -237,7 +219,7 @@ def render(report: dict[str, Any]) -> Table:
     op = report["on_policy"]
     table.add_row("on-policy (first minibatch)", op["verdict"],
                   f"max |log r| {op.get('first_minibatch_log_ratio_max', float('nan')):.2e}, "
-                  f"max KL {op.get('first_minibatch_kl_max', float('nan')):.2e} ({r['mixed_precision']})")
+                  f"max KL {op.get('first_minibatch_kl_max', float('nan')):.2e} (mixed precision: {r['mixed_precision']})")
     for size, gap in op["batch_shapes"].items():
         table.add_row(f"  log-prob gap at batch {size}", f"{gap['log_prob_gap_max']:.2e}", f"KL to the rollout's mean {gap['kl_max']:.2e}")
     moved = report["kl_one_optimizer_step"]

@@ -39,16 +39,14 @@ def test_trailing_mean_of_a_constant_is_the_constant(window):
 
 
 # --- benchmarks/matched_regime.py: the matched clip range and the claims' verdicts ---------------------------------
+from mogen.trust_region import binding_kl, clip_fraction, matched_eps  # noqa: E402
 from benchmarks.matched_regime import (  # noqa: E402
     D_SD35,
     D_TINY,
     EPS_MATCHED,
     REFERENCE_DELTA,
-    binding_kl,
     claims,
-    clip_fraction,
     frontier_gap,
-    matched_eps,
     per_setting,
     variants,
     verdict,

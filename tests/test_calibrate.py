@@ -11,9 +11,10 @@ import yaml
 from accelerate.state import AcceleratorState
 from typer.testing import CliRunner
 
-from mogen.calibrate import calibrate, clip_binds_at, clip_range_binding_at
+from mogen.calibrate import calibrate
 from mogen.cli import app
 from mogen.config import ConfigError, load_recipe
+from mogen.trust_region import binding_kl, matched_eps
 from mogen.models.tiny import TinyT2I
 from mogen.trainer import align
 
@@ -78,12 +79,14 @@ def test_bf16_autocast_reports_the_log_prob_gap(recipe_file: Path) -> None:
     assert report["on_policy"]["verdict"] in ("exact", "close", "mismatch")
 
 
-def test_reference_equivalent_clip_range_binds_where_the_reference_does() -> None:
-    assert clip_binds_at(1e-4, 65536) == 1e-4
-    assert clip_binds_at(1e-4, 256) == pytest.approx(1.28e-6)
-    eps = clip_range_binding_at(1e-4, 256)
-    assert eps == pytest.approx(math.sqrt(2e-4 / 256)) and clip_binds_at(eps, 256) == pytest.approx(1e-4)
-    assert clip_range_binding_at(1.0, 256) == 1.0  # beyond 2 / D the clip binds at eps itself
+def test_reference_equivalent_clip_range_binds_where_the_reference_does(recipe_file: Path) -> None:
+    """The report's reference-equivalent eps is mogen.trust_region's: it binds on this D at the KL where flow_grpo's
+    1e-4 binds on SD3.5's (tests/test_benchmarks_analysis.py checks that math against Monte Carlo)."""
+    report = calibrate(load_recipe(recipe_file), steps=1)
+    d, reference = report["latent_elements"], report["reference_equivalent"]
+    assert reference["clip_range"] == pytest.approx(matched_eps(1e-4, 65536, d))
+    assert binding_kl(reference["clip_range"], d) == pytest.approx(binding_kl(1e-4, 65536), rel=1e-6)
+    assert reference["reference_clip_binds_at_kl"] == pytest.approx(1e-4, rel=0.01)
 
 
 def test_cli_writes_the_json_report(recipe_file: Path, tmp_path: Path) -> None:
