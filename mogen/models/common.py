@@ -12,6 +12,7 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
@@ -43,6 +44,17 @@ def check_pipeline_folder(path: str | Path, family: str, transformer_class: str)
             f"not a {family} pipeline (model.family '{family}' needs a {transformer_class}); fix model.family or model.name"
         )
     return folder
+
+
+def load_local_pipeline(pipeline_class: type, folder: Path, dtype: torch.dtype) -> Any:
+    """`pipeline_class.from_pretrained` from a checked local folder (never the hub), progress bar off; a folder
+    that does not load is a one-line ConfigError naming it and the class."""
+    try:
+        pipeline = pipeline_class.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
+    except (OSError, ValueError, TypeError) as err:
+        raise ConfigError(f"{folder}: cannot load it as a {pipeline_class.__name__}: {str(err).splitlines()[0]}") from None
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
 
 
 def freeze_and_place(transformer: torch.nn.Module, helpers: Sequence[torch.nn.Module], device: torch.device, offload: bool) -> None:

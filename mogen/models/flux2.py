@@ -27,7 +27,15 @@ from diffusers import Flux2KleinPipeline, Flux2Pipeline
 from diffusers.pipelines.flux2.pipeline_flux2 import compute_empirical_mu
 
 from mogen.config import ConfigError
-from mogen.models.common import MODEL_INDEX, check_pipeline_folder, check_prompts, freeze_and_place, latent_size, on_device
+from mogen.models.common import (
+    MODEL_INDEX,
+    check_pipeline_folder,
+    check_prompts,
+    freeze_and_place,
+    latent_size,
+    load_local_pipeline,
+    on_device,
+)
 from mogen.models.contract import Conditioning
 
 PIPELINES = {"Flux2Pipeline": Flux2Pipeline, "Flux2KleinPipeline": Flux2KleinPipeline}
@@ -96,11 +104,7 @@ class Flux2Policy:
         class_name = json.loads((folder / MODEL_INDEX).read_text()).get("_class_name")
         if class_name not in PIPELINES:
             raise ConfigError(f"{folder}: a {class_name}; model.family 'flux2' loads a {' or a '.join(PIPELINES)}")
-        try:
-            pipeline = PIPELINES[class_name].from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
-        except (OSError, ValueError, TypeError) as err:
-            raise ConfigError(f"{folder}: cannot load it as a {class_name}: {str(err).splitlines()[0]}") from None
-        pipeline.set_progress_bar_config(disable=True)
+        pipeline = load_local_pipeline(PIPELINES[class_name], folder, dtype)
         return cls(pipeline, device, guidance_scale, resolution, max_sequence_length, offload)
 
     @property

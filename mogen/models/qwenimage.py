@@ -24,8 +24,15 @@ from pathlib import Path
 import torch
 from diffusers import QwenImagePipeline
 
-from mogen.config import ConfigError
-from mogen.models.common import check_pipeline_folder, check_prompts, freeze_and_place, latent_size, on_device, schedule_shift
+from mogen.models.common import (
+    check_pipeline_folder,
+    check_prompts,
+    freeze_and_place,
+    latent_size,
+    load_local_pipeline,
+    on_device,
+    schedule_shift,
+)
 from mogen.models.contract import Conditioning
 
 NEGATIVE_PROMPT = " "
@@ -85,11 +92,7 @@ class QwenImagePolicy:
         offload: keep the text encoder and the VAE on the CPU, moving them to `device` only while they run.
         """
         folder = check_pipeline_folder(path, "qwenimage", "QwenImageTransformer2DModel")
-        try:
-            pipeline = QwenImagePipeline.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
-        except (OSError, ValueError, TypeError) as err:
-            raise ConfigError(f"{folder}: cannot load it as a QwenImagePipeline: {str(err).splitlines()[0]}") from None
-        pipeline.set_progress_bar_config(disable=True)
+        pipeline = load_local_pipeline(QwenImagePipeline, folder, dtype)
         return cls(pipeline, device, guidance_scale, resolution, max_sequence_length, offload)
 
     @property

@@ -14,8 +14,15 @@ from pathlib import Path
 import torch
 from diffusers import StableDiffusion3Pipeline
 
-from mogen.config import ConfigError
-from mogen.models.common import check_pipeline_folder, check_prompts, freeze_and_place, latent_size, on_device, schedule_shift
+from mogen.models.common import (
+    check_pipeline_folder,
+    check_prompts,
+    freeze_and_place,
+    latent_size,
+    load_local_pipeline,
+    on_device,
+    schedule_shift,
+)
 from mogen.models.contract import Conditioning
 
 
@@ -70,11 +77,7 @@ class SD3Policy:
         offload: keep the text encoders and the VAE on the CPU, moving them to `device` only while they run.
         """
         folder = check_pipeline_folder(path, "sd3", "SD3Transformer2DModel")
-        try:
-            pipeline = StableDiffusion3Pipeline.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
-        except (OSError, ValueError, TypeError) as err:
-            raise ConfigError(f"{folder}: cannot load it as a StableDiffusion3Pipeline: {str(err).splitlines()[0]}") from None
-        pipeline.set_progress_bar_config(disable=True)
+        pipeline = load_local_pipeline(StableDiffusion3Pipeline, folder, dtype)
         return cls(pipeline, device, guidance_scale, resolution, max_sequence_length, offload)
 
     @property

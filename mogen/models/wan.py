@@ -22,7 +22,14 @@ import torch
 from diffusers import WanPipeline
 
 from mogen.config import ConfigError
-from mogen.models.common import check_pipeline_folder, check_prompts, freeze_and_place, latent_size, on_device
+from mogen.models.common import (
+    check_pipeline_folder,
+    check_prompts,
+    freeze_and_place,
+    latent_size,
+    load_local_pipeline,
+    on_device,
+)
 from mogen.models.contract import Conditioning
 
 
@@ -87,11 +94,7 @@ class WanPolicy:
         offload: keep the text encoder and the VAE on the CPU, moving them to `device` only while they run.
         """
         folder = check_pipeline_folder(path, "wan", "WanTransformer3DModel")
-        try:
-            pipeline = WanPipeline.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
-        except (OSError, ValueError, TypeError) as err:
-            raise ConfigError(f"{folder}: cannot load it as a WanPipeline: {str(err).splitlines()[0]}") from None
-        pipeline.set_progress_bar_config(disable=True)
+        pipeline = load_local_pipeline(WanPipeline, folder, dtype)
         return cls(pipeline, device, guidance_scale, resolution, num_frames, max_sequence_length, offload)
 
     @property

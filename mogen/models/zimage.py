@@ -19,8 +19,15 @@ import torch
 from diffusers import ZImagePipeline
 from torch.nn.utils.rnn import pad_sequence
 
-from mogen.config import ConfigError
-from mogen.models.common import check_pipeline_folder, check_prompts, freeze_and_place, latent_size, on_device, schedule_shift
+from mogen.models.common import (
+    check_pipeline_folder,
+    check_prompts,
+    freeze_and_place,
+    latent_size,
+    load_local_pipeline,
+    on_device,
+    schedule_shift,
+)
 from mogen.models.contract import Conditioning
 
 
@@ -88,11 +95,7 @@ class ZImagePolicy:
         offload: keep the text encoder and the VAE on the CPU, moving them to `device` only while they run.
         """
         folder = check_pipeline_folder(path, "zimage", "ZImageTransformer2DModel")
-        try:
-            pipeline = ZImagePipeline.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
-        except (OSError, ValueError, TypeError) as err:
-            raise ConfigError(f"{folder}: cannot load it as a ZImagePipeline: {str(err).splitlines()[0]}") from None
-        pipeline.set_progress_bar_config(disable=True)
+        pipeline = load_local_pipeline(ZImagePipeline, folder, dtype)
         return cls(pipeline, device, guidance_scale, resolution, max_sequence_length, offload)
 
     @property
