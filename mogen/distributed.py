@@ -69,3 +69,11 @@ def sum_over_processes(tensor: torch.Tensor, accelerator: Accelerator) -> torch.
     if accelerator.num_processes == 1:
         return tensor
     return accelerator.reduce(tensor.clone(), reduction="sum")
+
+
+def mean_over_processes(values: torch.Tensor, accelerator: Accelerator, weight: float = 1.0) -> torch.Tensor:
+    """The mean of every element of every process's `values`; a process with `weight` 0 joins the all-reduce
+    (as it must) without counting (its `values` are a stand-in)."""
+    count = torch.tensor(weight * values.numel(), device=values.device, dtype=torch.float32)
+    totals = sum_over_processes(torch.stack([weight * values.float().sum(), count]), accelerator)
+    return totals[0] / totals[1]

@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from mogen.checkpoint import list_checkpoints, load_checkpoint_lora, load_checkpoint_optimizer, save_checkpoint
 from mogen.config import Recipe, recipe_to_yaml
-from mogen.distributed import check_launch, gather_samples, shard_of, sum_over_processes
+from mogen.distributed import check_launch, gather_samples, mean_over_processes, shard_of
 from mogen.evaluation.during_training import Probes
 from mogen.export import export_lora
 from mogen.lora import adapter_disabled, attach_lora, save_lora
@@ -208,8 +208,7 @@ def collect_batch(c: Components, step: int, measure_ref_kl: bool) -> Batch:
     gates = torch.ones(len(c.objectives.keys), device=device)
     if measure_ref_kl:
         local_ref_kl = rollout.ref_kl()
-        ref_kl_sums = sum_over_processes(torch.stack([local_ref_kl.sum(), torch.tensor(float(local_ref_kl.numel()), device=device)]), accelerator)
-        ref_kl = ref_kl_sums[0] / ref_kl_sums[1]
+        ref_kl = mean_over_processes(local_ref_kl, accelerator)
         gates = torch.stack([ref_kl_gate(ref_kl, budget) for budget in c.objectives.max_ref_kls]).to(device)
         metrics["kl/ref"] = float(ref_kl)
         metrics.update({f"gate/{k}": float(g) for k, g, b in zip(c.objectives.keys, gates, c.objectives.max_ref_kls) if b})

@@ -32,7 +32,7 @@ from accelerate import Accelerator
 from torch.distributed.tensor import DTensor
 
 from mogen.config import AlgorithmConfig
-from mogen.distributed import gather_samples, sum_over_processes
+from mogen.distributed import gather_samples, mean_over_processes
 from mogen.losses import PolicyLossStats, gaussian_kl, grpo_loss
 from mogen.models.contract import FlowPolicy, index_cond
 from mogen.objectives import Advantages, multi_objective_dppo_loss
@@ -193,8 +193,7 @@ def kl_to_rollout_policy(
     weight = 1.0 if len(samples) else 0.0  # a process without samples still joins the forwards (FSDP gathers)
     samples = (samples if len(samples) else torch.zeros(1, dtype=torch.long)).to(rollout.log_probs.device)
     kl, _ = moved_from_rollout(policy, accelerator, rollout, samples, kind, eta)
-    totals = sum_over_processes(torch.stack([weight * kl.sum(), torch.tensor(weight * kl.numel(), device=kl.device)]), accelerator)
-    return totals[0] / totals[1]
+    return mean_over_processes(kl, accelerator, weight)
 
 
 class UpdateStats:
