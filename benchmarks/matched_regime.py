@@ -139,6 +139,12 @@ def summarize(run_dir: Path, mixture: bool) -> dict:
     if mixture:
         change["compressibility"] = probe("trained/compressibility", last) - probe("trained/compressibility", 0)
     rows = np.isfinite(s["reward/total"])
+
+    def over_steps(key: str, reduce) -> float:  # NaN where the algorithm does not log it (no mask for NFT/AWM)
+        values = s[key][rows] if key in s else np.array([])
+        values = values[np.isfinite(values)]
+        return float(reduce(values)) if len(values) else float("nan")
+
     return {
         "steps": last,
         "trained_change": change,
@@ -148,10 +154,10 @@ def summarize(run_dir: Path, mixture: bool) -> dict:
         "heldout_color_change": probe("heldout/color", last) - probe("heldout/color", 0),
         "heldout_overall_change": probe("heldout/overall", last) - probe("heldout/overall", 0),
         "kl_base_end": probe("kl_base/kl", last),
-        "kl_ref_end": float(s["kl/ref"][rows][-1]),
-        "mask_or_clip_mean": float(np.mean(s["mask_fraction"][rows])),
-        "mask_or_clip_max": float(np.max(s["mask_fraction"][rows])),
-        "kl_old_new_median": float(np.median(s["kl/old_new"][rows])),
+        "kl_ref_end": float(s["kl/ref"][rows][-1]) if "kl/ref" in s else float("nan"),
+        "mask_or_clip_mean": over_steps("mask_fraction", np.mean),
+        "mask_or_clip_max": over_steps("mask_fraction", np.max),
+        "kl_old_new_median": over_steps("kl/old_new", np.median),
     }
 
 
@@ -172,11 +178,11 @@ def verdict(diff: float | None, se: float | None) -> str:
     return "not reproduced" if diff < -2 * se else "inconclusive"
 
 
-def frontier_gap(points: dict[str, list[dict]], x: str, y: str) -> dict:
+def frontier_gap(points: dict[str, list[dict]], x: str, y: str, a: str = "dppo", b: str = "grpo") -> dict:
     """Compare two frontiers y(x) (one point per setting = mean over seeds, joined in x order) over their common x
-    range: the mean of dppo - grpo on 5 points of it, and the standard error from the points' seed spreads."""
+    range: the mean of a - b on 5 points of it, and the standard error from the points' seed spreads."""
     curves, errors = {}, {}
-    for algorithm in ("dppo", "grpo"):
+    for algorithm in (a, b):
         pts = sorted((p[x]["mean"], p[y]["mean"]) for p in points[algorithm])
         if len(pts) < 2:
             return {"verdict": "inconclusive", "why": f"{algorithm} has {len(pts)} setting(s); a frontier needs 2"}
@@ -188,10 +194,10 @@ def frontier_gap(points: dict[str, list[dict]], x: str, y: str) -> dict:
     if lo >= hi:
         return {"verdict": "inconclusive", "why": f"the frontiers share no {x} range", "range": [lo, hi]}
     grid = np.linspace(lo, hi, 5)
-    gaps = np.interp(grid, *curves["dppo"].T) - np.interp(grid, *curves["grpo"].T)
-    se = None if None in errors.values() else math.sqrt(errors["dppo"] + errors["grpo"])
+    gaps = np.interp(grid, *curves[a].T) - np.interp(grid, *curves[b].T)
+    se = None if None in errors.values() else math.sqrt(errors[a] + errors[b])
     diff = float(gaps.mean())
-    return {"verdict": verdict(diff, se), "dppo_minus_grpo": diff, "se": se, "range": [float(lo), float(hi)],
+    return {"verdict": verdict(diff, se), f"{a}_minus_{b}": diff, "se": se, "range": [float(lo), float(hi)],
             "gaps": gaps.round(6).tolist()}
 
 

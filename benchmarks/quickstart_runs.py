@@ -49,7 +49,9 @@ BASE_OVERRIDES = [
 
 
 def train_run(overrides: list[str], seed: int, run_dir: Path) -> tuple[float, str]:
-    """Train the pinned quickstart with `overrides` on one thread; returns wall-clock seconds and the code's commit.
+    """Train the pinned quickstart with `overrides` on one thread; returns wall-clock seconds and the code's commit,
+    and writes both wall and CPU seconds of the run to run_dir/timing.json (CPU time barely moves with the load
+    of a shared machine: it is what "per CPU-minute" comparisons divide by).
 
     Runs in a worker process (benchmarks spawn one per run), so the thread setting is its own.
     """
@@ -58,9 +60,17 @@ def train_run(overrides: list[str], seed: int, run_dir: Path) -> tuple[float, st
 
     torch.set_num_threads(1)
     settings = [*BASE_OVERRIDES, *overrides, f"train.seed={seed}", f"output_dir={run_dir}", "train.log_with=[]"]
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     align(load_recipe(RECIPE, settings))
-    return time.perf_counter() - started, code_commit()
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    (run_dir / "timing.json").write_text(json.dumps({"wall_seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1)}) + "\n")
+    return seconds, code_commit()
+
+
+def run_cpu_seconds(run_dir: Path) -> float | None:
+    """The CPU seconds train_run measured for a run (timing.json), or None for a run trained before it recorded them."""
+    path = run_dir / "timing.json"
+    return json.loads(path.read_text())["cpu_seconds"] if path.is_file() else None
 
 
 def run_plan(plan: dict[str, tuple[list[str], int, Path]], jobs: int, on_done: Callable[[dict[str, tuple[float, str]]], None]) -> dict:

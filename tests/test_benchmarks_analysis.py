@@ -172,3 +172,74 @@ def test_training_curves_interpolate_a_diagnostic_logged_on_a_schedule(tmp_path:
     assert curves["step"].tolist() == list(range(1, 41))
     expected = trailing_mean(1e-4 * np.arange(1, 41), WINDOW)
     np.testing.assert_allclose(curves["kl/ref"][WINDOW - 1:], expected[WINDOW - 1:], rtol=1e-9)
+
+
+# --- benchmarks/forward_rl.py: NFT/AWM against the DPPO/GRPO frontiers, and reward per CPU-minute ----------------
+import json  # noqa: E402
+
+from benchmarks import forward_rl  # noqa: E402
+from benchmarks.quickstart_runs import run_cpu_seconds  # noqa: E402
+
+
+def test_frontier_gap_names_the_two_algorithms_it_compares():
+    def point(kl: float, gain: float) -> dict:
+        return {"kl_base_end": {"mean": kl, "std": 0.01, "n": 3}, "trained_mean_gain": {"mean": gain, "std": 0.01, "n": 3}}
+
+    gap = frontier_gap({"nft": [point(0.01, 0.3), point(0.05, 0.7)], "dppo": [point(0.01, 0.1), point(0.05, 0.5)]},
+                       "kl_base_end", "trained_mean_gain", "nft", "dppo")
+    assert gap["nft_minus_dppo"] == pytest.approx(0.2) and gap["verdict"] == "reproduced"
+
+
+def _forward_table(gain_per_cpu: dict[str, list[float]]) -> dict[str, dict]:
+    """Per-setting rows whose gain per CPU-minute has the given per-seed values (frontier points on the committed
+    DPPO/GRPO KL range, so that the frontier questions have a common range)."""
+    from benchmarks.quickstart_runs import mean_std
+
+    plan = forward_rl.variants()
+    table = {}
+    for name, spec in plan.items():
+        values = gain_per_cpu.get(spec["algorithm"], [0.01, 0.011, 0.012])
+        kl = 0.002 if spec["value"] in (1.0, 3e-4) else 0.006
+        table[name] = {"algorithm": spec["algorithm"], "value": spec["value"], "seeds": [0, 1, 2],
+                       "trained_mean_gain": mean_std([0.1, 0.11, 0.12]), "worst_gain": mean_std([0.0, 0.01, 0.02]),
+                       "heldout_color_change": mean_std([-0.01, 0.0, 0.01]), "kl_base_end": mean_std([kl, kl, kl]),
+                       "cpu_minutes": mean_std([3.0, 3.1, 3.2]), "gain_per_cpu_minute": mean_std(values)}
+    return table
+
+
+def test_forward_rl_compares_gain_per_cpu_minute_against_dppo_beyond_two_standard_errors():
+    result = forward_rl.comparisons(_forward_table({"nft": [0.05, 0.051, 0.052], "awm": [0.0, 0.001, 0.002],
+                                                    "dppo": [0.02, 0.021, 0.022], "grpo": [0.02, 0.03, 0.01]}))
+    efficiency = result["gain_per_cpu_minute"]
+    assert efficiency["nft"]["verdict"] == "reproduced" and efficiency["nft"]["minus_dppo"] == pytest.approx(0.03)
+    assert efficiency["awm"]["verdict"] == "not reproduced"
+    assert efficiency["grpo"]["verdict"] == "inconclusive"  # -0.0 within 2 SE of its spread
+    for pair in ("nft_vs_dppo", "nft_vs_grpo", "awm_vs_dppo", "awm_vs_grpo"):
+        assert set(result[pair]) == {"gain_at_equal_kl", "forgetting_at_equal_gain", "worst_objective_at_equal_kl"}
+    markdown = forward_rl.table_markdown({"per_setting": _forward_table({}), "comparisons": result})
+    assert "| nft_vs_dppo | gain per CPU-minute | reproduced | +0.0300 |" in markdown
+
+
+def test_forward_rl_without_a_dppo_run_cannot_say_anything_about_efficiency():
+    table = {k: v for k, v in _forward_table({}).items() if v["algorithm"] != "dppo"}
+    efficiency = forward_rl.comparisons(table)["gain_per_cpu_minute"]
+    assert {e["verdict"] for e in efficiency.values()} == {"inconclusive"}
+
+
+def test_a_run_summary_without_mask_or_kl_keys_has_nan_not_an_error(tmp_path):
+    from benchmarks.matched_regime import summarize
+
+    rows = []
+    for step in (0, 1, 2):
+        row = {"step": step, "reward/total": 1.0 + step, "kl/ref": 1e-4 * step}
+        for key in ("count", "shape", "position"):
+            row[f"probe/trained/{key}"] = 0.5 + 0.1 * step
+        row |= {"probe/heldout/color": 0.8, "probe/heldout/overall": 0.7, "probe/kl_base/kl": 1e-3 * step}
+        rows.append(row)
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = summarize(tmp_path, mixture=False)
+    assert summary["trained_mean_gain"] == pytest.approx(0.2)
+    assert np.isnan(summary["mask_or_clip_mean"]) and np.isnan(summary["kl_old_new_median"])
+    assert run_cpu_seconds(tmp_path) is None
+    (tmp_path / "timing.json").write_text(json.dumps({"wall_seconds": 10.0, "cpu_seconds": 9.5}))
+    assert run_cpu_seconds(tmp_path) == 9.5
