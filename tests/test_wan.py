@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import reward_zoo
-from family_checks import CPU, PROMPTS, check_first_update, check_frozen, check_lora_export, run_pipeline, train_recipe_one_step
+from family_checks import CPU, PROMPTS, check_first_update, check_frozen, check_lora_export, train_recipe_one_step
 from mogen.cli import app
 from mogen.config import ConfigError, ModelConfig, RewardConfig
 from mogen.models.loading import load_policy
