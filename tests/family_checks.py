@@ -22,7 +22,7 @@ from mogen.config import AlgorithmConfig, LoraConfig, Recipe, load_recipe
 from mogen.export import LORA_WEIGHT_NAME, export_lora
 from mogen.lora import adapter_disabled, attach_lora
 from mogen.objectives import Advantages
-from mogen.rollout import collect_rollout
+from mogen.rollout import Rollout, collect_rollout
 from mogen.sampling import ode_step, timesteps
 from mogen.update import UpdateInputs, policy_update
 
@@ -53,8 +53,14 @@ def run_pipeline(pipe, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return images, final["latents"]
 
 
-def first_update_stats(policy) -> dict[str, float]:
-    """A rollout of 2 prompts x 2 samples with two trained SDE steps, then one DPPO update (4 minibatches)."""
+def check_frozen(policy) -> None:
+    """Nothing trains before LoRA is attached: the transformer, the VAE and every text encoder are frozen."""
+    assert not any(p.requires_grad for m in [policy.transformer, policy.vae, *policy.text_encoders] for p in m.parameters())
+
+
+def check_first_update(policy) -> Rollout:
+    """A rollout of 2 prompts x 2 samples with two trained SDE steps, then one DPPO update (4 minibatches): ratio
+    exactly 1 and KL exactly 0 at first (LoRA B = 0), KL > 0 after the step. Returns the rollout for a family's own checks."""
     trainable = attach_lora(policy.transformer, LoraConfig(rank=4, alpha=8))
     optimizer = torch.optim.AdamW(trainable, lr=1e-2)
     prompts, group_ids = [PROMPTS[0]] * 2 + [PROMPTS[1]] * 2, torch.tensor([0, 0, 1, 1])
@@ -68,8 +74,11 @@ def first_update_stats(policy) -> dict[str, float]:
     inputs = UpdateInputs(Advantages(advantages[None], advantages), torch.ones(4, dtype=torch.bool), slice(0, 4), torch.ones(1),
                           torch.tensor([1e-5]), ["reward"])
     policy.transformer.train()
-    return policy_update(policy, trainable, optimizer, Accelerator(cpu=True), rollout, inputs, AlgorithmConfig(name="dppo"),
-                         "sde", 0.7, 1.0, torch.Generator().manual_seed(0))
+    stats = policy_update(policy, trainable, optimizer, Accelerator(cpu=True), rollout, inputs, AlgorithmConfig(name="dppo"),
+                          "sde", 0.7, 1.0, torch.Generator().manual_seed(0))
+    assert stats["ratio_min"] == stats["ratio_max"] == 1.0 and stats["kl_max"] == 0.0
+    assert stats["kl_after"] > 0  # the step moved the policy
+    return rollout
 
 
 def randomize_lora(transformer: torch.nn.Module, seed: int = 0) -> None:

@@ -15,6 +15,7 @@ import torch
 from diffusers import FluxPipeline, SD3Transformer2DModel, StableDiffusion3Pipeline
 from typer.testing import CliRunner
 
+from family_checks import CPU, PROMPTS, policy_output, randomize_lora
 from mogen.cli import app
 from mogen.config import LoraConfig, ModelConfig, Recipe, RewardConfig, recipe_to_yaml
 from mogen.export import LORA_WEIGHT_NAME, export_lora, export_run
@@ -24,9 +25,7 @@ from mogen.models.sd3 import SD3Policy
 from mogen.models.tiny import TinyT2I
 from tiny_pipelines import IMAGE_SIZE, save_flux_pipeline, save_sd3_pipeline
 
-PROMPTS = ["two red circles", "a blue square"]
 LORA = LoraConfig(rank=4, alpha=12)  # alpha / rank = 3: diffusers must not fall back to alpha = rank
-CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
@@ -45,19 +44,6 @@ def wrap(family: str, pipeline):
     if family == "sd3":
         return SD3Policy(pipeline, CPU, max_sequence_length=16)
     return FluxPolicy(pipeline, CPU, resolution=IMAGE_SIZE, max_sequence_length=16)
-
-
-def randomize_lora(transformer: torch.nn.Module, seed: int = 0) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    for name, param in transformer.named_parameters():
-        if "lora_" in name:
-            param.data = torch.randn(param.shape, generator=generator) * 0.5
-
-
-def policy_output(policy) -> torch.Tensor:
-    x = torch.randn(2, *policy.latent_shape, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        return policy.velocity(x, torch.tensor([0.7, 0.3]), policy.encode_prompts(PROMPTS))
 
 
 def adapted_policy(family: str, folder: Path):

@@ -5,6 +5,7 @@ from diffusers.loaders.lora_base import LoraBaseMixin
 
 from mogen.config import ConfigError, ModelConfig, load_recipe
 from mogen.export import _format
+from mogen.models.diffusers_policy import DiffusersPolicy
 from mogen.models.registry import FAMILIES, resolve
 
 
@@ -18,6 +19,14 @@ def test_every_family_resolves_to_an_adapter_and_a_lora_format(family):
     assert transformer is resolve(spec.transformer)
     assert ModelConfig(family=family).family == family
 
+
+
+@pytest.mark.parametrize("family", sorted(set(FAMILIES) - {"tiny"}))
+def test_a_pipeline_adapter_loads_its_own_family(family):
+    """The adapter's class attributes (which folder check_pipeline_folder accepts) agree with the registry's line."""
+    adapter = resolve(FAMILIES[family].adapter)
+    assert issubclass(adapter, DiffusersPolicy)
+    assert adapter.family == family and adapter.transformer_class == FAMILIES[family].transformer.partition(":")[2]
 
 def test_an_unknown_family_names_the_field_and_the_known_ones(tmp_path):
     recipe = tmp_path / "r.yaml"

@@ -11,23 +11,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate import Accelerator
 from diffusers import FluxPipeline, StableDiffusion3Pipeline
 
-from mogen.config import AlgorithmConfig, ConfigError, LoraConfig
-from mogen.lora import adapter_disabled, attach_lora
+from family_checks import CPU, PROMPTS, check_first_update, check_frozen, ode_latents, run_pipeline
+from mogen.config import ConfigError
 from mogen.models.flux import FluxPolicy
 from mogen.models.sd3 import SD3Policy
-from mogen.objectives import Advantages
-from mogen.rollout import collect_rollout
 from mogen.samples import generate
-from mogen.sampling import ode_step, timesteps
-from mogen.update import UpdateInputs, policy_update
 from tiny_pipelines import IMAGE_SIZE, LATENT_CHANNELS, save_flux_pipeline, save_sd3_pipeline
 
-PROMPTS = ["two red circles", "a blue square left of a green triangle"]
 T5_LENGTH = 16
-CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
@@ -50,33 +43,10 @@ def load_flux(folder: Path, guidance_scale: float = 3.5) -> FluxPolicy:
     )
 
 
-def ode_latents(policy, noise: torch.Tensor, num_steps: int, shift: float) -> torch.Tensor:
-    """mogen's deterministic sampler, stopping before the decode."""
-    cond = policy.encode_prompts(PROMPTS)
-    times = timesteps(num_steps, shift)
-    x = noise
-    with torch.no_grad():
-        for t, t_next in zip(times[:-1], times[1:]):
-            x = ode_step(policy.velocity(x, t.expand(len(x)), cond), x, t, t_next).prev_sample
-    return x
-
-
-def run_pipeline(pipe, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """The pipeline's images in [0, 1] and its final latents (read by a step-end callback) from one call."""
-    final = {}
-
-    def keep_latents(pipeline, step, timestep, tensors):
-        final["latents"] = tensors["latents"]
-        return tensors
-
-    images = pipe(**kwargs, output_type="pt", callback_on_step_end=keep_latents).images
-    return images, final["latents"]
-
-
 def test_sd3_loads_with_frozen_encoders_and_generates_images(sd3_folder):
     policy = load_sd3(sd3_folder, guidance_scale=4.0)
     assert policy.latent_shape == (LATENT_CHANNELS, IMAGE_SIZE // 2, IMAGE_SIZE // 2)
-    assert not any(p.requires_grad for m in [policy.transformer, policy.vae, *policy.text_encoders] for p in m.parameters())
+    check_frozen(policy)
     assert len(policy.text_encoders) == 3
     cond = policy.encode_prompts(PROMPTS)
     assert set(cond) == {"prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds", "negative_pooled_prompt_embeds"}
@@ -143,7 +113,7 @@ def test_flux_sampling_reproduces_the_pipeline(tmp_path, guidance_embeds):
     policy = load_flux(folder, guidance_scale=3.5)
     assert policy.latent_shape == (LATENT_CHANNELS, IMAGE_SIZE // 2, IMAGE_SIZE // 2)
     assert len(policy.text_encoders) == 2
-    assert not any(p.requires_grad for m in [policy.transformer, policy.vae, *policy.text_encoders] for p in m.parameters())
+    check_frozen(policy)
     cond = policy.encode_prompts(PROMPTS)
     assert cond["prompt_embeds"].shape == (2, T5_LENGTH, 32) and cond["pooled_prompt_embeds"].shape == (2, 16)
     noise = torch.randn(2, *policy.latent_shape, generator=torch.Generator().manual_seed(4))
@@ -193,23 +163,5 @@ def test_loading_errors_name_the_path(sd3_folder, flux_folder, tmp_path):
 
 @pytest.mark.parametrize("family", ["sd3", "flux"])
 def test_rollout_and_first_update_have_ratio_one(family, sd3_folder, flux_folder):
-    policy = load_sd3(sd3_folder, 2.0) if family == "sd3" else load_flux(flux_folder)
-    trainable = attach_lora(policy.transformer, LoraConfig(rank=4, alpha=8))
-    optimizer = torch.optim.AdamW(trainable, lr=1e-2)
-    accelerator = Accelerator(cpu=True)
-    prompts, group_ids = [PROMPTS[0]] * 2 + [PROMPTS[1]] * 2, torch.tensor([0, 0, 1, 1])
-    rollout = collect_rollout(
-        policy, prompts, group_ids, kind="sde", eta=0.7, num_steps=4, shift=3.0, trained_steps=torch.tensor([0, 2]),
-        generator=torch.Generator().manual_seed(0), device=CPU, base_policy=lambda: adapter_disabled(policy.transformer),
-    )
-    assert rollout.latents.shape == (4, 2, *policy.latent_shape) and rollout.log_probs.shape == (4, 2)
+    rollout = check_first_update(load_sd3(sd3_folder, 2.0) if family == "sd3" else load_flux(flux_folder))
     assert rollout.images.shape == (4, 3, IMAGE_SIZE, IMAGE_SIZE)
-    assert torch.equal(rollout.ref_kl(), torch.zeros(4, 2))  # LoRA B = 0: the adapted model is the base model
-    advantages = torch.tensor([1.0, -1.0, 0.5, -0.5])
-    inputs = UpdateInputs(Advantages(advantages[None], advantages), torch.ones(4, dtype=torch.bool), slice(0, 4), torch.ones(1),
-                          torch.tensor([1e-5]), ["reward"])
-    policy.transformer.train()
-    stats = policy_update(policy, trainable, optimizer, accelerator, rollout, inputs, AlgorithmConfig(name="dppo"),
-                          "sde", 0.7, 1.0, torch.Generator().manual_seed(0))
-    assert stats["ratio_min"] == stats["ratio_max"] == 1.0 and stats["kl_max"] == 0.0
-    assert stats["kl_after"] > 0  # the step moved the policy

@@ -1,6 +1,7 @@
-"""What the SD3 and FLUX adapters share: checking a local diffusers folder, freezing, and offloading.
+"""What the diffusers-pipeline adapters share as functions: checking and loading a local folder, freezing,
+offloading, latent sizes and normalization, the schedule shift (`DiffusersPolicy` and the adapters call them).
 
-Both adapters wrap a diffusers pipeline loaded from a folder on disk. Only the transformer trains (through a LoRA
+Every adapter wraps a diffusers pipeline loaded from a folder on disk. Only the transformer trains (through a LoRA
 adapter); text encoders and the VAE are frozen and, with `offload=True`, live on the CPU and visit the device
 only while they run, which keeps their memory (T5-XXL alone is ~9 GB in bf16) off the accelerator during updates.
 """
@@ -79,6 +80,13 @@ def on_device(modules: Sequence[torch.nn.Module], device: torch.device, offload:
         if offload:
             for module in modules:
                 module.to("cpu")
+
+
+def latents_mean_std(vae: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-channel mean and std of a Wan-style VAE's latents (Wan's, Qwen-Image's), shaped (1, C, 1, 1, 1) for
+    (B, C, F, H, W) latents: the pipelines sample in (x - mean) / std, so decode computes z * std + mean."""
+    shape = (1, vae.config.z_dim, 1, 1, 1)
+    return torch.tensor(vae.config.latents_mean).view(shape), torch.tensor(vae.config.latents_std).view(shape)
 
 
 def check_prompts(prompts: list[str]) -> list[str]:

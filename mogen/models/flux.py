@@ -11,78 +11,37 @@ Conventions (checked against the pipeline's own sampling loop in tests/test_sd3_
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from diffusers import FluxPipeline
 
-from mogen.models.common import (
-    check_pipeline_folder,
-    check_prompts,
-    freeze_and_place,
-    latent_size,
-    load_local_pipeline,
-    on_device,
-    schedule_shift,
-)
+from mogen.models.common import check_prompts, latent_size, on_device, schedule_shift
 from mogen.models.contract import Conditioning
+from mogen.models.diffusers_policy import DiffusersPolicy
 
 
-class FluxPolicy:
+class FluxPolicy(DiffusersPolicy):
     """The FlowPolicy of a FLUX.1 pipeline. Only `transformer` trains; everything else is frozen."""
 
-    def __init__(
-        self,
-        pipeline: FluxPipeline,
-        device: torch.device | str,
-        guidance_scale: float = 3.5,
-        resolution: int | None = None,
-        max_sequence_length: int = 512,
-        offload: bool = False,
-    ):
-        self.pipeline = pipeline
-        self.transformer: torch.nn.Module = pipeline.transformer
-        self.vae = pipeline.vae
-        self.text_encoders = [e for e in (pipeline.text_encoder, pipeline.text_encoder_2) if e is not None]
-        self.device = torch.device(device)
-        self.dtype = pipeline.transformer.dtype  # read once: the trainer may wrap the transformer (DDP) later
-        self.guidance_scale = guidance_scale
+    family = "flux"
+    pipeline_class = FluxPipeline
+    transformer_class = "FluxTransformer2DModel"
+    text_encoder_names = ("text_encoder", "text_encoder_2")
+    cfg_scale = False  # the scale only feeds the distilled guidance embedding
+
+    def __init__(self, pipeline: FluxPipeline, device: torch.device | str, guidance_scale: float = 3.5,
+                 resolution: int | None = None, max_sequence_length: int = 512, offload: bool = False):
+        """guidance_scale: the distilled guidance embedding's value (FLUX.1-dev: 3.5); ignored by FLUX.1-schnell.
+        resolution: image side in pixels (default: the pipeline's default, 1024).
+        max_sequence_length: T5 tokens (512 for FLUX.1-dev, 256 for schnell)."""
+        super().__init__(pipeline, device, guidance_scale, resolution, max_sequence_length, offload)
         self.guidance_embeds = bool(pipeline.transformer.config.guidance_embeds)
-        self.max_sequence_length = max_sequence_length
-        self.offload = offload
         self.vae_scale_factor = pipeline.vae_scale_factor
-        resolution = resolution or pipeline.default_sample_size * pipeline.vae_scale_factor
-        size = latent_size(resolution, pipeline.vae_scale_factor, 2)  # 2x2 packing needs even latent sides
+        size = latent_size(self.resolution, pipeline.vae_scale_factor, 2)  # 2x2 packing needs even latent sides
         self.latent_shape: tuple[int, int, int] = (pipeline.transformer.config.in_channels // 4, size, size)
         self.scaling_factor = self.vae.config.scaling_factor
         self.shift_factor = self.vae.config.shift_factor or 0.0
         # positions (0, row, col) of the packed patches; the same for every sample, so computed once
         self.image_ids = pipeline._prepare_latent_image_ids(1, size // 2, size // 2, self.device, self.dtype)
-
-        freeze_and_place(self.transformer, [self.vae, *self.text_encoders], self.device, offload)
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        path: str | Path,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-        guidance_scale: float = 3.5,
-        *,
-        resolution: int | None = None,
-        max_sequence_length: int = 512,
-        offload: bool = False,
-    ) -> FluxPolicy:
-        """Load a local FluxPipeline folder (no hub access) in `dtype` onto `device`.
-
-        guidance_scale: the distilled guidance embedding's value (FLUX.1-dev: 3.5); ignored by FLUX.1-schnell.
-        resolution: image side in pixels (default: the pipeline's default, 1024).
-        max_sequence_length: T5 tokens (512 for FLUX.1-dev, 256 for schnell).
-        offload: keep the text encoders and the VAE on the CPU, moving them to `device` only while they run.
-        """
-        folder = check_pipeline_folder(path, "flux", "FluxTransformer2DModel")
-        pipeline = load_local_pipeline(FluxPipeline, folder, dtype)
-        return cls(pipeline, device, guidance_scale, resolution, max_sequence_length, offload)
 
     @property
     def schedule_shift(self) -> float:
@@ -130,9 +89,6 @@ class FluxPolicy:
         )[0]
         return self.unpack(out).float()
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Normalized, unpacked latents (B, C, H, W) -> images (B, 3, H*f, W*f) in [0, 1], float32."""
-        with on_device([self.vae], self.device, self.offload):
-            z = latents.to(self.device, self.vae.dtype) / self.scaling_factor + self.shift_factor
-            images = self.vae.decode(z, return_dict=False)[0]
-        return (images.float() / 2 + 0.5).clamp(0, 1)
+    def decode_vae(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalized, unpacked latents (B, C, H, W) -> the VAE's images (B, 3, H*f, W*f) in [-1, 1]."""
+        return self.vae.decode(latents / self.scaling_factor + self.shift_factor, return_dict=False)[0]

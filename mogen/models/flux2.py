@@ -27,16 +27,9 @@ from diffusers import Flux2KleinPipeline, Flux2Pipeline
 from diffusers.pipelines.flux2.pipeline_flux2 import compute_empirical_mu
 
 from mogen.config import ConfigError
-from mogen.models.common import (
-    MODEL_INDEX,
-    check_pipeline_folder,
-    check_prompts,
-    freeze_and_place,
-    latent_size,
-    load_local_pipeline,
-    on_device,
-)
+from mogen.models.common import MODEL_INDEX, check_prompts, latent_size, on_device
 from mogen.models.contract import Conditioning
+from mogen.models.diffusers_policy import DiffusersPolicy
 
 PIPELINES = {"Flux2Pipeline": Flux2Pipeline, "Flux2KleinPipeline": Flux2KleinPipeline}
 
@@ -47,68 +40,37 @@ def text_ids(length: int, device: torch.device) -> torch.Tensor:
     return torch.stack([zeros, zeros, zeros, torch.arange(length, device=device)], dim=-1)
 
 
-class Flux2Policy:
+class Flux2Policy(DiffusersPolicy):
     """The FlowPolicy of a FLUX.2 dev or klein pipeline. Only `transformer` trains; everything else is frozen."""
 
-    def __init__(
-        self,
-        pipeline: Flux2Pipeline | Flux2KleinPipeline,
-        device: torch.device | str,
-        guidance_scale: float = 4.0,
-        resolution: int | None = None,
-        max_sequence_length: int = 512,
-        offload: bool = False,
-    ):
-        if guidance_scale < 1:
-            raise ValueError(f"guidance_scale must be >= 1, got {guidance_scale}")
-        self.pipeline = pipeline
-        self.transformer: torch.nn.Module = pipeline.transformer
-        self.vae = pipeline.vae
-        self.text_encoders = [pipeline.text_encoder]
-        self.device = torch.device(device)
-        self.dtype = pipeline.transformer.dtype  # read once: the trainer may wrap the transformer (DDP) later
-        self.guidance_scale = guidance_scale
+    family = "flux2"
+    transformer_class = "Flux2Transformer2DModel"
+
+    def __init__(self, pipeline: Flux2Pipeline | Flux2KleinPipeline, device: torch.device | str, guidance_scale: float = 4.0,
+                 resolution: int | None = None, max_sequence_length: int = 512, offload: bool = False):
+        """guidance_scale: dev's guidance embedding (4.0) or klein base's CFG scale (4.0; 1 = off).
+        resolution: image side in pixels (default: the pipeline's default, 1024).
+        max_sequence_length: text tokens (512, the pipelines' default)."""
+        super().__init__(pipeline, device, guidance_scale, resolution, max_sequence_length, offload)
         self.guidance_embeds = bool(pipeline.transformer.config.guidance_embeds)
         # klein base: true CFG; dev (embedded guidance) and step-distilled klein: none
         self.cfg_capable = isinstance(pipeline, Flux2KleinPipeline) and not pipeline.config.is_distilled
-        self.max_sequence_length = max_sequence_length
-        self.offload = offload
-        resolution = resolution or pipeline.default_sample_size * pipeline.vae_scale_factor
-        size = latent_size(resolution, pipeline.vae_scale_factor, 2) // 2  # side of the 2x2-patch grid
+        size = latent_size(self.resolution, pipeline.vae_scale_factor, 2) // 2  # side of the 2x2-patch grid
         self.latent_shape: tuple[int, int, int] = (pipeline.transformer.config.in_channels, size, size)
         # positions (0, row, col, 0) of the image tokens; the same for every sample, so computed once
         self.image_ids = pipeline._prepare_latent_ids(torch.empty(1, *self.latent_shape))[0].to(self.device)
 
-        freeze_and_place(self.transformer, [self.vae, *self.text_encoders], self.device, offload)
-
     @classmethod
-    def from_pretrained(
-        cls,
-        path: str | Path,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-        guidance_scale: float = 4.0,
-        *,
-        resolution: int | None = None,
-        max_sequence_length: int = 512,
-        offload: bool = False,
-    ) -> Flux2Policy:
-        """Load a local Flux2Pipeline or Flux2KleinPipeline folder (no hub access) in `dtype` onto `device`.
-
-        guidance_scale: dev's guidance embedding (4.0) or klein base's CFG scale (4.0; 1 = off).
-        resolution: image side in pixels (default: the pipeline's default, 1024).
-        max_sequence_length: text tokens (512, the pipelines' default).
-        offload: keep the text encoder and the VAE on the CPU, moving them to `device` only while they run.
-        """
-        folder = check_pipeline_folder(path, "flux2", "Flux2Transformer2DModel")
+    def folder_pipeline_class(cls, folder: Path) -> type:
+        """Flux2Pipeline (dev) or Flux2KleinPipeline (klein), as the folder's model_index.json names it."""
         class_name = json.loads((folder / MODEL_INDEX).read_text()).get("_class_name")
         if class_name not in PIPELINES:
             raise ConfigError(f"{folder}: a {class_name}; model.family 'flux2' loads a {' or a '.join(PIPELINES)}")
-        pipeline = load_local_pipeline(PIPELINES[class_name], folder, dtype)
-        return cls(pipeline, device, guidance_scale, resolution, max_sequence_length, offload)
+        return PIPELINES[class_name]
 
     @property
     def guided(self) -> bool:
+        """Only klein base runs a negative-prompt pass; dev embeds the scale and the step-distilled klein ignores it."""
         return self.cfg_capable and self.guidance_scale > 1
 
     def schedule_shift(self, num_steps: int) -> float:
@@ -171,11 +133,8 @@ class Flux2Policy:
         v_uncond, v_cond = v.chunk(2)
         return v_uncond + self.guidance_scale * (v_cond - v_uncond)
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Normalized patch latents (B, 4C, h, w) -> images (B, 3, 2h f, 2w f) in [0, 1], float32."""
-        with on_device([self.vae], self.device, self.offload):
-            z = latents.to(self.device, self.vae.dtype)
-            bn = self.vae.bn
-            z = z * torch.sqrt(bn.running_var.view(1, -1, 1, 1) + self.vae.config.batch_norm_eps) + bn.running_mean.view(1, -1, 1, 1)
-            images = self.vae.decode(self.pipeline._unpatchify_latents(z), return_dict=False)[0]
-        return (images.float() / 2 + 0.5).clamp(0, 1)
+    def decode_vae(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalized patch latents (B, 4C, h, w) -> the VAE's images (B, 3, 2h f, 2w f) in [-1, 1]."""
+        bn = self.vae.bn
+        z = latents * torch.sqrt(bn.running_var.view(1, -1, 1, 1) + self.vae.config.batch_norm_eps) + bn.running_mean.view(1, -1, 1, 1)
+        return self.vae.decode(self.pipeline._unpatchify_latents(z), return_dict=False)[0]

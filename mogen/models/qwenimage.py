@@ -19,85 +19,34 @@ the whole schedule) does not do.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from diffusers import QwenImagePipeline
 
-from mogen.models.common import (
-    check_pipeline_folder,
-    check_prompts,
-    freeze_and_place,
-    latent_size,
-    load_local_pipeline,
-    on_device,
-    schedule_shift,
-)
+from mogen.models.common import check_prompts, latent_size, latents_mean_std, on_device, schedule_shift
 from mogen.models.contract import Conditioning
+from mogen.models.diffusers_policy import DiffusersPolicy
 
 NEGATIVE_PROMPT = " "
 
 
-class QwenImagePolicy:
+class QwenImagePolicy(DiffusersPolicy):
     """The FlowPolicy of a Qwen-Image pipeline. Only `transformer` trains; everything else is frozen."""
 
-    def __init__(
-        self,
-        pipeline: QwenImagePipeline,
-        device: torch.device | str,
-        guidance_scale: float = 4.0,
-        resolution: int | None = None,
-        max_sequence_length: int = 512,
-        offload: bool = False,
-    ):
-        if guidance_scale < 1:
-            raise ValueError(f"guidance_scale must be >= 1 (1 disables classifier-free guidance), got {guidance_scale}")
-        self.pipeline = pipeline
-        self.transformer: torch.nn.Module = pipeline.transformer
-        self.vae = pipeline.vae
-        self.text_encoders = [pipeline.text_encoder]
-        self.device = torch.device(device)
-        self.dtype = pipeline.transformer.dtype  # read once: the trainer may wrap the transformer (DDP) later
-        self.guidance_scale = guidance_scale
-        self.max_sequence_length = max_sequence_length
-        self.offload = offload
+    family = "qwenimage"
+    pipeline_class = QwenImagePipeline
+    transformer_class = "QwenImageTransformer2DModel"
+
+    def __init__(self, pipeline: QwenImagePipeline, device: torch.device | str, guidance_scale: float = 4.0,
+                 resolution: int | None = None, max_sequence_length: int = 512, offload: bool = False):
+        """guidance_scale: the true CFG scale (the pipeline's true_cfg_scale, 4.0; 1 = off).
+        resolution: image side in pixels (default: the pipeline's default, 1024).
+        max_sequence_length: prompt tokens kept after the template (512, the pipeline's)."""
+        super().__init__(pipeline, device, guidance_scale, resolution, max_sequence_length, offload)
         self.vae_scale_factor = pipeline.vae_scale_factor
-        resolution = resolution or pipeline.default_sample_size * pipeline.vae_scale_factor
-        size = latent_size(resolution, pipeline.vae_scale_factor, 2)  # 2x2 packing needs even latent sides
+        size = latent_size(self.resolution, pipeline.vae_scale_factor, 2)  # 2x2 packing needs even latent sides
         self.latent_shape: tuple[int, int, int] = (pipeline.transformer.config.in_channels // 4, size, size)
         self.img_shapes = [(1, size // 2, size // 2)]  # frames, rows, columns of the token grid, per sample
-        channels = self.vae.config.z_dim
-        self.latents_mean = torch.tensor(self.vae.config.latents_mean).view(1, channels, 1, 1, 1)
-        self.latents_std = torch.tensor(self.vae.config.latents_std).view(1, channels, 1, 1, 1)
-
-        freeze_and_place(self.transformer, [self.vae, *self.text_encoders], self.device, offload)
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        path: str | Path,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-        guidance_scale: float = 4.0,
-        *,
-        resolution: int | None = None,
-        max_sequence_length: int = 512,
-        offload: bool = False,
-    ) -> QwenImagePolicy:
-        """Load a local QwenImagePipeline folder (no hub access) in `dtype` onto `device`.
-
-        guidance_scale: the true CFG scale (the pipeline's true_cfg_scale, 4.0; 1 = off).
-        resolution: image side in pixels (default: the pipeline's default, 1024).
-        max_sequence_length: prompt tokens kept after the template (512, the pipeline's).
-        offload: keep the text encoder and the VAE on the CPU, moving them to `device` only while they run.
-        """
-        folder = check_pipeline_folder(path, "qwenimage", "QwenImageTransformer2DModel")
-        pipeline = load_local_pipeline(QwenImagePipeline, folder, dtype)
-        return cls(pipeline, device, guidance_scale, resolution, max_sequence_length, offload)
-
-    @property
-    def guided(self) -> bool:
-        return self.guidance_scale > 1
+        self.latents_mean, self.latents_std = latents_mean_std(self.vae)
 
     @property
     def schedule_shift(self) -> float:
@@ -152,10 +101,8 @@ class QwenImagePolicy:
             v = guided * (v.norm(dim=-1, keepdim=True) / guided.norm(dim=-1, keepdim=True))
         return self.unpack(v)
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Normalized, unpacked latents (B, C, H, W) -> images (B, 3, H*f, W*f) in [0, 1], float32."""
-        with on_device([self.vae], self.device, self.offload):
-            z = latents.to(self.device, self.vae.dtype)[:, :, None]  # one-frame video latents (B, C, 1, H, W)
-            z = z * self.latents_std.to(z) + self.latents_mean.to(z)
-            images = self.vae.decode(z, return_dict=False)[0][:, :, 0]
-        return (images.float() / 2 + 0.5).clamp(0, 1)
+    def decode_vae(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalized, unpacked latents (B, C, H, W) -> the VAE's images (B, 3, H*f, W*f) in [-1, 1]."""
+        z = latents[:, :, None]  # one-frame video latents (B, C, 1, H, W)
+        z = z * self.latents_std.to(z) + self.latents_mean.to(z)
+        return self.vae.decode(z, return_dict=False)[0][:, :, 0]

@@ -9,80 +9,33 @@ Conventions (checked against the pipeline's own sampling loop in tests/test_sd3_
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from diffusers import StableDiffusion3Pipeline
 
-from mogen.models.common import (
-    check_pipeline_folder,
-    check_prompts,
-    freeze_and_place,
-    latent_size,
-    load_local_pipeline,
-    on_device,
-    schedule_shift,
-)
+from mogen.models.common import check_prompts, latent_size, on_device, schedule_shift
 from mogen.models.contract import Conditioning
+from mogen.models.diffusers_policy import DiffusersPolicy
 
 
-class SD3Policy:
+class SD3Policy(DiffusersPolicy):
     """The FlowPolicy of an SD3-family pipeline. Only `transformer` trains; everything else is frozen."""
 
-    def __init__(
-        self,
-        pipeline: StableDiffusion3Pipeline,
-        device: torch.device | str,
-        guidance_scale: float = 1.0,
-        resolution: int | None = None,
-        max_sequence_length: int = 256,
-        offload: bool = False,
-    ):
-        if guidance_scale < 1:
-            raise ValueError(f"guidance_scale must be >= 1 (1 disables classifier-free guidance), got {guidance_scale}")
-        self.pipeline = pipeline
-        self.transformer: torch.nn.Module = pipeline.transformer
-        self.vae = pipeline.vae
-        self.text_encoders = [e for e in (pipeline.text_encoder, pipeline.text_encoder_2, pipeline.text_encoder_3) if e is not None]
-        self.device = torch.device(device)
-        self.dtype = pipeline.transformer.dtype  # read once: the trainer may wrap the transformer (DDP) later
-        self.guidance_scale = guidance_scale
-        self.max_sequence_length = max_sequence_length
-        self.offload = offload
+    family = "sd3"
+    pipeline_class = StableDiffusion3Pipeline
+    transformer_class = "SD3Transformer2DModel"
+    text_encoder_names = ("text_encoder", "text_encoder_2", "text_encoder_3")
+
+    def __init__(self, pipeline: StableDiffusion3Pipeline, device: torch.device | str, guidance_scale: float = 1.0,
+                 resolution: int | None = None, max_sequence_length: int = 256, offload: bool = False):
+        """guidance_scale: the CFG scale (1 = off). resolution: image side in pixels (default: the transformer's
+        sample_size x the VAE factor, 1024 for SD3.5). max_sequence_length: T5 tokens."""
+        super().__init__(pipeline, device, guidance_scale, resolution, max_sequence_length, offload)
         config = pipeline.transformer.config
-        resolution = resolution or config.sample_size * pipeline.vae_scale_factor
         self.patch_size = config.patch_size
-        size = latent_size(resolution, pipeline.vae_scale_factor, config.patch_size)
+        size = latent_size(self.resolution, pipeline.vae_scale_factor, config.patch_size)
         self.latent_shape: tuple[int, int, int] = (config.in_channels, size, size)
         self.scaling_factor = self.vae.config.scaling_factor
         self.shift_factor = self.vae.config.shift_factor or 0.0
-
-        freeze_and_place(self.transformer, [self.vae, *self.text_encoders], self.device, offload)
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        path: str | Path,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-        guidance_scale: float = 1.0,
-        *,
-        resolution: int | None = None,
-        max_sequence_length: int = 256,
-        offload: bool = False,
-    ) -> SD3Policy:
-        """Load a local StableDiffusion3Pipeline folder (no hub access) in `dtype` onto `device`.
-
-        resolution: image side in pixels (default: the transformer's sample_size x the VAE factor, 1024 for SD3.5).
-        offload: keep the text encoders and the VAE on the CPU, moving them to `device` only while they run.
-        """
-        folder = check_pipeline_folder(path, "sd3", "SD3Transformer2DModel")
-        pipeline = load_local_pipeline(StableDiffusion3Pipeline, folder, dtype)
-        return cls(pipeline, device, guidance_scale, resolution, max_sequence_length, offload)
-
-    @property
-    def guided(self) -> bool:
-        return self.guidance_scale > 1
 
     @property
     def schedule_shift(self) -> float:
@@ -136,9 +89,6 @@ class SD3Policy:
         v_uncond, v_cond = out.chunk(2)
         return v_uncond + self.guidance_scale * (v_cond - v_uncond)
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Normalized latents (B, C, H, W) -> images (B, 3, H*f, W*f) in [0, 1], float32."""
-        with on_device([self.vae], self.device, self.offload):
-            z = latents.to(self.device, self.vae.dtype) / self.scaling_factor + self.shift_factor
-            images = self.vae.decode(z, return_dict=False)[0]
-        return (images.float() / 2 + 0.5).clamp(0, 1)
+    def decode_vae(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalized latents (B, C, H, W) -> the VAE's images (B, 3, H*f, W*f) in [-1, 1]."""
+        return self.vae.decode(latents / self.scaling_factor + self.shift_factor, return_dict=False)[0]

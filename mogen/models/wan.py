@@ -16,90 +16,40 @@ Euler/SDE steps on the same flow shift (the scheduler's `flow_shift` or `shift`)
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from diffusers import WanPipeline
 
 from mogen.config import ConfigError
-from mogen.models.common import (
-    check_pipeline_folder,
-    check_prompts,
-    freeze_and_place,
-    latent_size,
-    load_local_pipeline,
-    on_device,
-)
+from mogen.models.common import check_prompts, latent_size, latents_mean_std, on_device
 from mogen.models.contract import Conditioning
+from mogen.models.diffusers_policy import DiffusersPolicy
 
 
-class WanPolicy:
+class WanPolicy(DiffusersPolicy):
     """The FlowPolicy of a Wan text-to-video pipeline. Only `transformer` trains; everything else is frozen."""
 
-    def __init__(
-        self,
-        pipeline: WanPipeline,
-        device: torch.device | str,
-        guidance_scale: float = 5.0,
-        resolution: int | None = None,
-        num_frames: int = 81,
-        max_sequence_length: int = 512,
-        offload: bool = False,
-    ):
-        if guidance_scale < 1:
-            raise ValueError(f"guidance_scale must be >= 1 (1 disables classifier-free guidance), got {guidance_scale}")
+    family = "wan"
+    pipeline_class = WanPipeline
+    transformer_class = "WanTransformer3DModel"
+    default_resolution = 480  # square frame side in pixels
+
+    def __init__(self, pipeline: WanPipeline, device: torch.device | str, guidance_scale: float = 5.0, resolution: int | None = None,
+                 num_frames: int = 81, max_sequence_length: int = 512, offload: bool = False):
+        """guidance_scale: the CFG scale (5.0, the pipeline's; 1 = off).
+        resolution: square frame side in pixels (default 480).
+        num_frames: frames per video, 4 k + 1 (81, the pipeline's default).
+        max_sequence_length: UMT5 tokens (512, the pipeline's)."""
         if pipeline.transformer_2 is not None or pipeline.config.expand_timesteps:
             raise ConfigError("model.family 'wan' trains Wan 2.1-style pipelines: one transformer, one timestep per sample")
         temporal = pipeline.vae_scale_factor_temporal
         if num_frames < 1 or (num_frames - 1) % temporal:
             raise ValueError(f"num_frames must be {temporal} k + 1 for this VAE (e.g. {4 * temporal + 1}), got {num_frames}")
-        self.pipeline = pipeline
-        self.transformer: torch.nn.Module = pipeline.transformer
-        self.vae = pipeline.vae
-        self.text_encoders = [pipeline.text_encoder]
-        self.device = torch.device(device)
-        self.dtype = pipeline.transformer.dtype  # read once: the trainer may wrap the transformer (DDP) later
-        self.guidance_scale = guidance_scale
-        self.max_sequence_length = max_sequence_length
-        self.offload = offload
+        super().__init__(pipeline, device, guidance_scale, resolution, max_sequence_length, offload)
         self.num_frames = num_frames
-        size = latent_size(resolution or 480, pipeline.vae_scale_factor_spatial, pipeline.transformer.config.patch_size[1])
+        size = latent_size(self.resolution, pipeline.vae_scale_factor_spatial, pipeline.transformer.config.patch_size[1])
         frames = (num_frames - 1) // temporal + 1
         self.latent_shape: tuple[int, int, int, int] = (pipeline.transformer.config.in_channels, frames, size, size)
-        channels = self.vae.config.z_dim
-        self.latents_mean = torch.tensor(self.vae.config.latents_mean).view(1, channels, 1, 1, 1)
-        self.latents_std = torch.tensor(self.vae.config.latents_std).view(1, channels, 1, 1, 1)
-
-        freeze_and_place(self.transformer, [self.vae, *self.text_encoders], self.device, offload)
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        path: str | Path,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-        guidance_scale: float = 5.0,
-        *,
-        resolution: int | None = None,
-        num_frames: int = 81,
-        max_sequence_length: int = 512,
-        offload: bool = False,
-    ) -> WanPolicy:
-        """Load a local WanPipeline folder (no hub access) in `dtype` onto `device`.
-
-        guidance_scale: the CFG scale (5.0, the pipeline's; 1 = off).
-        resolution: square frame side in pixels (default 480).
-        num_frames: frames per video, 4 k + 1 (81, the pipeline's default).
-        max_sequence_length: UMT5 tokens (512, the pipeline's).
-        offload: keep the text encoder and the VAE on the CPU, moving them to `device` only while they run.
-        """
-        folder = check_pipeline_folder(path, "wan", "WanTransformer3DModel")
-        pipeline = load_local_pipeline(WanPipeline, folder, dtype)
-        return cls(pipeline, device, guidance_scale, resolution, num_frames, max_sequence_length, offload)
-
-    @property
-    def guided(self) -> bool:
-        return self.guidance_scale > 1
+        self.latents_mean, self.latents_std = latents_mean_std(self.vae)
 
     @property
     def schedule_shift(self) -> float:
@@ -135,10 +85,7 @@ class WanPolicy:
         v_uncond, v_cond = out.chunk(2)
         return v_uncond + self.guidance_scale * (v_cond - v_uncond)
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Normalized latents (B, C, F_latent, h, w) -> videos (B, num_frames, 3, H, W) in [0, 1], float32."""
-        with on_device([self.vae], self.device, self.offload):
-            z = latents.to(self.device, self.vae.dtype)
-            z = z * self.latents_std.to(z) + self.latents_mean.to(z)
-            video = self.vae.decode(z, return_dict=False)[0]  # (B, 3, F, H, W) in [-1, 1]
-        return (video.float() / 2 + 0.5).clamp(0, 1).transpose(1, 2)
+    def decode_vae(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalized latents (B, C, F_latent, h, w) -> the VAE's videos (B, num_frames, 3, H, W) in [-1, 1]."""
+        z = latents * self.latents_std.to(latents) + self.latents_mean.to(latents)
+        return self.vae.decode(z, return_dict=False)[0].transpose(1, 2)  # the VAE's (B, 3, F, H, W), frames first

@@ -13,22 +13,13 @@ Conventions (checked against the pipeline's own sampling loop in tests/test_zima
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from diffusers import ZImagePipeline
 from torch.nn.utils.rnn import pad_sequence
 
-from mogen.models.common import (
-    check_pipeline_folder,
-    check_prompts,
-    freeze_and_place,
-    latent_size,
-    load_local_pipeline,
-    on_device,
-    schedule_shift,
-)
+from mogen.models.common import check_prompts, latent_size, on_device, schedule_shift
 from mogen.models.contract import Conditioning
+from mogen.models.diffusers_policy import DiffusersPolicy
 
 
 def pad_embeddings(embeds: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,63 +35,24 @@ def unpad_embeddings(padded: torch.Tensor, mask: torch.Tensor) -> list[torch.Ten
     return [row[keep] for row, keep in zip(padded, mask)]
 
 
-class ZImagePolicy:
+class ZImagePolicy(DiffusersPolicy):
     """The FlowPolicy of a Z-Image pipeline. Only `transformer` trains; everything else is frozen."""
 
-    def __init__(
-        self,
-        pipeline: ZImagePipeline,
-        device: torch.device | str,
-        guidance_scale: float = 1.0,
-        resolution: int | None = None,
-        max_sequence_length: int = 512,
-        offload: bool = False,
-    ):
-        if guidance_scale < 1:
-            raise ValueError(f"guidance_scale must be >= 1 (1 disables classifier-free guidance), got {guidance_scale}")
-        self.pipeline = pipeline
-        self.transformer: torch.nn.Module = pipeline.transformer
-        self.vae = pipeline.vae
-        self.text_encoders = [pipeline.text_encoder]
-        self.device = torch.device(device)
-        self.dtype = pipeline.transformer.dtype  # read once: the trainer may wrap the transformer (DDP) later
-        self.guidance_scale = guidance_scale
-        self.max_sequence_length = max_sequence_length
-        self.offload = offload
-        resolution = resolution or 1024  # the pipeline's default image side
-        size = latent_size(resolution, pipeline.vae_scale_factor, 2)  # 2x2 patches need even latent sides
+    family = "zimage"
+    pipeline_class = ZImagePipeline
+    transformer_class = "ZImageTransformer2DModel"
+    default_resolution = 1024  # the pipeline's default image side
+
+    def __init__(self, pipeline: ZImagePipeline, device: torch.device | str, guidance_scale: float = 1.0,
+                 resolution: int | None = None, max_sequence_length: int = 512, offload: bool = False):
+        """guidance_scale: mogen's CFG scale g (1 = off, Z-Image-Turbo's setting); the pipeline's is g - 1.
+        resolution: image side in pixels (default 1024, the pipeline's).
+        max_sequence_length: text tokens of the chat-templated prompt (512, the pipeline's)."""
+        super().__init__(pipeline, device, guidance_scale, resolution, max_sequence_length, offload)
+        size = latent_size(self.resolution, pipeline.vae_scale_factor, 2)  # 2x2 patches need even latent sides
         self.latent_shape: tuple[int, int, int] = (pipeline.transformer.config.in_channels, size, size)
         self.scaling_factor = self.vae.config.scaling_factor
         self.shift_factor = self.vae.config.shift_factor or 0.0
-
-        freeze_and_place(self.transformer, [self.vae, *self.text_encoders], self.device, offload)
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        path: str | Path,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-        guidance_scale: float = 1.0,
-        *,
-        resolution: int | None = None,
-        max_sequence_length: int = 512,
-        offload: bool = False,
-    ) -> ZImagePolicy:
-        """Load a local ZImagePipeline folder (no hub access) in `dtype` onto `device`.
-
-        guidance_scale: mogen's CFG scale g (1 = off, Z-Image-Turbo's setting); the pipeline's is g - 1.
-        resolution: image side in pixels (default 1024, the pipeline's).
-        max_sequence_length: text tokens of the chat-templated prompt (512, the pipeline's).
-        offload: keep the text encoder and the VAE on the CPU, moving them to `device` only while they run.
-        """
-        folder = check_pipeline_folder(path, "zimage", "ZImageTransformer2DModel")
-        pipeline = load_local_pipeline(ZImagePipeline, folder, dtype)
-        return cls(pipeline, device, guidance_scale, resolution, max_sequence_length, offload)
-
-    @property
-    def guided(self) -> bool:
-        return self.guidance_scale > 1
 
     @property
     def schedule_shift(self) -> float:
@@ -138,9 +90,6 @@ class ZImagePolicy:
             out = v_cond + (self.guidance_scale - 1) * (v_cond - v_uncond)
         return -out  # the transformer predicts x0 - eps; mogen's velocity is eps - x0
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Normalized latents (B, C, H, W) -> images (B, 3, H*f, W*f) in [0, 1], float32."""
-        with on_device([self.vae], self.device, self.offload):
-            z = latents.to(self.device, self.vae.dtype) / self.scaling_factor + self.shift_factor
-            images = self.vae.decode(z, return_dict=False)[0]
-        return (images.float() / 2 + 0.5).clamp(0, 1)
+    def decode_vae(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalized latents (B, C, H, W) -> the VAE's images (B, 3, H*f, W*f) in [-1, 1]."""
+        return self.vae.decode(latents / self.scaling_factor + self.shift_factor, return_dict=False)[0]
