@@ -4,8 +4,8 @@ Each step: draw prompts -> roll out G samples per prompt (recording the trained 
 -> group-normalised advantages -> policy update (mogen.update; DiffusionNFT and AWM: mogen.forward_update, then
 the old adapter's EMA step) -> log, grid, checkpoint.
 
-Seed contract: every random draw of step N (prompts, trained steps, sampling noise, minibatch order) comes from
-generators seeded with (train.seed, N). A run is therefore reproducible from its recipe, and `--resume` from a
+Seed contract: every random draw of step N (prompts, trained steps, sampling noise, minibatch order; nft/awm's
+training times and noise) comes from generators seeded with (train.seed, N). A run is therefore reproducible from its recipe, and `--resume` from a
 checkpoint at step N continues exactly as the uninterrupted run would have (bit for bit on CPU).
 
 Diagnostics that need extra forwards (`kl/ref`, the base model's means; `kl/old_new`, the KL of the whole
