@@ -83,6 +83,9 @@ def calibrate(recipe: Recipe, steps: int = 5, target: float = 0.05) -> dict[str,
     """Run the recipe's first `steps` steps as the trainer would and return the report (see the module docstring)."""
     if not 0 < target < 1:
         raise ConfigError(f"--target-mask must be in (0, 1), got {target}")
+    if recipe.algorithm.uses_forward_process:
+        raise ConfigError(f"algorithm.name: mogen calibrate shows where dppo's delta and grpo's clip_range bind on the"
+                          f" rollout's recorded steps; {recipe.algorithm.name} has neither (it trains on re-noised final samples)")
     started = time.perf_counter()
     accelerator = Accelerator(mixed_precision=recipe.train.mixed_precision)
     c = build_components(recipe, accelerator)

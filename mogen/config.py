@@ -7,12 +7,14 @@ the field path and what is allowed.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+FIELD_PATH = re.compile(r"^[a-z_]+(\.[a-z0-9_]+)+$")  # e.g. rewards.0.kl_budget
 DEFAULT_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
 
 
@@ -66,12 +68,17 @@ class PromptsConfig(_Section):
 
 
 class SamplerConfig(_Section):
-    kind: Literal["sde", "cps"] = "sde"
+    kind: Literal["sde", "cps", "ode"] = Field("sde", description=(
+        "the kernel of the rollout's `train_steps` stochastic steps: Flow-SDE or CPS; 'ode' samples deterministically"
+        " (nft/awm only: dppo/grpo train on the stochastic steps' log-probs)"))
     eta: float = Field(0.7, gt=0, le=1.5)
     num_steps: int = Field(10, ge=2)
     shift: float = Field(1.0, gt=0)
-    train_window: tuple[int, int] = Field((0, 5), description="[start, end) of the steps trained steps come from")
-    train_steps: int = Field(3, ge=1, description="stochastic, trained steps drawn from the window per batch")
+    train_window: tuple[int, int] = Field((0, 5), description=(
+        "[start, end) of the steps trained steps come from (nft/awm: the step times training times come from)"))
+    train_steps: int = Field(3, ge=1, description=(
+        "stochastic, trained steps drawn from the window per batch; nft/awm also train each sample at this many"
+        " of the window's step times (algorithm.nft/awm.time_scheme): the same trained forwards per sample"))
     guidance_scale: float = Field(1.0, ge=1.0)
 
     @model_validator(mode="after")
@@ -118,7 +125,7 @@ class RewardConfig(ScorerSpec):
     """One trained objective: a scorer, its weight and its KL budgets."""
 
     weight: float = 1.0
-    kl_budget: float | None = Field(None, gt=0, description="this objective's DPPO delta; algorithm.delta if unset")
+    kl_budget: float | None = Field(None, gt=0, description="this objective's DPPO delta; algorithm.delta if unset (dppo only)")
     max_ref_kl: float | None = Field(None, gt=0, description="stop this objective while KL to base exceeds this")
     frames: int | list[int] = Field(4, description="video models: score this many evenly spaced frames, or these indices")
     frame_reduce: Literal["mean", "min"] = Field("mean", description="video models: a video's score from its frames' scores")
@@ -133,15 +140,75 @@ class AdvantageConfig(_Section):
     clip: float | None = Field(5.0, gt=0, description="clip advantages to [-clip, clip]; null: no clip")
 
 
+class NFTConfig(_Section):
+    """DiffusionNFT's knobs (mogen.nft). Defaults: NVlabs/DiffusionNFT config/nft.py (SD3.5-Medium) and
+    scripts/train_nft_sd3.py; the cited values are that reference's."""
+
+    beta: float = Field(1.0, gt=0, description=(
+        "the paper's beta, mixing coefficient of the implicit policies v+- = v_old +- beta (v - v_old): the inverse"
+        " step size of its trust region around the old policy (config/nft.py: 1.0; 0.1 for OCR and multi-reward)."
+        " Not algorithm.beta, the penalty to the base model"))
+    advantage_clip: float = Field(5.0, gt=0, description=(
+        "c in r = clip(A, -c, c) / (2c) + 1/2; the loss is scaled by c (config/base.py adv_clip_max 5)"))
+    adaptive_weighting: bool = Field(True, description=(
+        "divide each reconstruction loss by sg(mean |x0_hat - x0|) (train_nft_sd3.py, always on there)"))
+    ema_ramp: float = Field(0.001, ge=0, description=(
+        "the old adapter's EMA decay after training step s is min(ema_ramp * s, ema_max) (train_nft_sd3.py"
+        " return_decay type 1: 0.001; the reference counts gradient steps, one per epoch in config/nft.py)"))
+    ema_max: float = Field(0.5, ge=0, le=1, description="cap of the old adapter's EMA decay (return_decay type 1: 0.5)")
+    time_scheme: Literal["grid_subset", "grid_stratified"] = Field("grid_subset", description=(
+        "training times: per sample, `sampler.train_steps` distinct step times of `sampler.train_window`"
+        " (grid_subset, train_nft_sd3.py), or one per stratum of the window, shared by the batch (grid_stratified)"))
+
+
+class AWMConfig(_Section):
+    """Advantage Weighted Matching's knobs (mogen.awm). Defaults: scxue/advantage_weighted_matching
+    config/dgx_awm.py (geneval_sd3_no_cfg_1node) and scripts/train_sd3_awm.py."""
+
+    weighting: Literal["uniform", "t", "ghuber"] = Field("ghuber", description=(
+        "how the flow-matching error m becomes the log-likelihood surrogate ell (dgx_awm.py: ghuber)"))
+    ghuber_power: float = Field(0.25, gt=0, description="p of the generalised Huber weighting (dgx_awm.py: 0.25)")
+    clip_range: float = Field(1.0, gt=0, description="PPO clip of the ratio exp(ell - ell_old) (dgx_awm.py: 1)")
+    advantage_clip: float = Field(5.0, gt=0, description="c in a = clip(A, -c, c) / c * advantage_max (adv_clip_max 5)")
+    advantage_max: float = Field(1.0, gt=0, description="scale of the clipped advantage (dgx_awm.py: 1)")
+    ema_ramp: float = Field(0.001, ge=0, description=(
+        "the EMA adapter's decay after training step s is min(ema_ramp * s, ema_max) (train_sd3_awm.py 'linear': 0.001)"))
+    ema_max: float = Field(0.3, ge=0, le=1, description="cap of the EMA adapter's decay (dgx_awm.py kl_ema_decay 0.3)")
+    ema_beta: float = Field(1.0, ge=0, description=(
+        "weight of the penalty mean (v - v_ema)^2 to the EMA adapter; 0 drops the EMA adapter (dgx_awm.py ema_beta 1)"))
+    time_scheme: Literal["grid_subset", "grid_stratified"] = Field("grid_stratified", description=(
+        "training times: one step time per stratum of `sampler.train_window`, shared by the batch (grid_stratified,"
+        " train_sd3_awm.py time_type 'discrete' / 'discrete_wo_init'), or a random subset per sample (grid_subset)"))
+    include_init: bool = Field(False, description=(
+        "may step 0 (t = 1, x_t pure noise) be a training time; dgx_awm.py trains GenEval and OCR without it"
+        " ('discrete_wo_init'), PickScore with it ('discrete')"))
+
+
 class AlgorithmConfig(_Section):
-    name: Literal["dppo", "grpo"] = "dppo"
+    name: Literal["dppo", "grpo", "nft", "awm"] = Field("dppo", description=(
+        "dppo (Flow-DPPO), grpo (Flow-GRPO's ratio clip), nft (DiffusionNFT), awm (Advantage Weighted Matching)"))
     delta: float = Field(
         5e-6, gt=0, description="DPPO's per-step KL threshold (exact KL, mean over latent dimensions): the reference's tau"
     )
     clip_range: float = Field(1e-4, gt=0, description="GRPO's ratio clip range")
-    beta: float = Field(0.0, ge=0, description="weight of the exact KL to the base model")
+    beta: float = Field(0.0, ge=0, description=(
+        "weight of the penalty to the base model (LoRA disabled): the exact KL of the trained steps for dppo/grpo;"
+        " for nft/awm the references' velocity penalty mean_d (v - v_base)^2 at the training times (one more"
+        " no-grad forward per training time)"))
     updates_per_batch: int = Field(1, ge=1)
     minibatches: int = Field(1, ge=1, description="gradient steps per pass over a batch")
+    nft: NFTConfig = NFTConfig()
+    awm: AWMConfig = AWMConfig()
+
+    @property
+    def uses_forward_process(self) -> bool:
+        """nft and awm train on re-noised final samples, not on the rollout's recorded steps."""
+        return self.name in ("nft", "awm")
+
+    @property
+    def keeps_old_adapter(self) -> bool:
+        """nft samples from and contrasts with a lagging (EMA) copy of the LoRA; awm penalises towards one."""
+        return self.name == "nft" or (self.name == "awm" and self.awm.ema_beta > 0)
 
 
 class OptimConfig(_Section):
@@ -196,6 +263,30 @@ class Recipe(_Section):
         duplicates = sorted({k for k in keys if keys.count(k) > 1})
         if duplicates:
             raise ValueError(f"objectives need distinct labels, repeated: {duplicates} (set 'label')")
+        return self
+
+    @model_validator(mode="after")
+    def _algorithm_fits_sampler_and_rewards(self) -> Recipe:
+        """Cross-section rules of the algorithm; each message starts with the field it is about."""
+        algorithm, sampler = self.algorithm, self.sampler
+        if not algorithm.uses_forward_process:
+            if sampler.kind == "ode":
+                raise ValueError(f"sampler.kind: 'ode' has no stochastic step for {algorithm.name} to train: use sde or"
+                                 " cps, or algorithm.name nft / awm (they train on the final samples)")
+            return self
+        for i, reward in enumerate(self.rewards):
+            if reward.kl_budget is not None:
+                raise ValueError(f"rewards.{i}.kl_budget: a per-objective DPPO delta, and {algorithm.name} has no per-step"
+                                 " trust region: balance objectives with weight, bound one with max_ref_kl")
+            if reward.max_ref_kl is not None and sampler.kind == "ode":
+                raise ValueError(f"rewards.{i}.max_ref_kl: needs kl/ref, measured exactly on the rollout's stochastic"
+                                 " steps, and sampler.kind 'ode' has none: use sde or cps")
+        start, end = sampler.train_window
+        if algorithm.name == "awm" and not algorithm.awm.include_init:
+            usable = end - max(start, 1)
+            if usable < sampler.train_steps:
+                raise ValueError(f"algorithm.awm.include_init: false leaves {usable} step times in sampler.train_window"
+                                 f" {list(sampler.train_window)}, fewer than sampler.train_steps ({sampler.train_steps})")
         return self
 
 
@@ -291,6 +382,9 @@ def _format_validation_error(source: str, err: ValidationError, root: type[BaseM
             message = problem["msg"].removeprefix("Value error, ")
             if "input" in problem and problem["type"] not in ("missing",) and not isinstance(problem["input"], dict):
                 message += f" (got {problem['input']!r})"
+            field, _, rest = message.partition(": ")
+            if not problem["loc"] and FIELD_PATH.match(field):  # a cross-section rule names its field first
+                where, message = field, rest
         lines.append(f"{source}: {where}: {message}")
     return "\n".join(lines)
 

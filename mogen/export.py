@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from safetensors.torch import load_file
 
 from mogen.config import ConfigError, LoraConfig, ModelConfig
-from mogen.lora import lora_state_dict
+from mogen.lora import TRAINED_ADAPTER, lora_state_dict
 from mogen.models.registry import FAMILIES, resolve
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # the file name load_lora_weights looks for by default
@@ -48,7 +48,7 @@ def save_diffusers_lora(state: dict[str, torch.Tensor], peft_config: dict[str, A
 
 
 def export_lora(transformer: torch.nn.Module, family: str, out_dir: str | Path) -> Path:
-    """Export the LoRA adapter attached to `transformer` (by mogen.lora.attach_lora) for `family`'s pipeline.
+    """Export the trained LoRA adapter attached to `transformer` (by mogen.lora.attach_lora) for `family`'s pipeline.
 
     `transformer` may be prepared by accelerate (DDP, FSDP2): every process must then call this (the adapter's
     shards are gathered) and the main process writes."""
@@ -59,10 +59,10 @@ def export_lora(transformer: torch.nn.Module, family: str, out_dir: str | Path) 
     configs = getattr(bare, "peft_config", None)
     if not configs:
         raise ValueError(f"the {type(bare).__name__} has no LoRA adapter to export (attach one with mogen.lora.attach_lora)")
-    if len(configs) != 1:
-        raise ValueError(f"expected one LoRA adapter, found {sorted(configs)}")
-    (peft_config,) = configs.values()
-    state = lora_state_dict(transformer)
+    if TRAINED_ADAPTER not in configs:
+        raise ValueError(f"no trained LoRA adapter {TRAINED_ADAPTER!r} to export, found {sorted(configs)}")
+    peft_config = configs[TRAINED_ADAPTER]  # nft / awm's old (EMA) adapter is training state, not the result
+    state = lora_state_dict(transformer)  # the trainable parameters: the trained adapter only
     if not PartialState().is_main_process:
         return Path(out_dir) / LORA_WEIGHT_NAME
     return save_diffusers_lora(state, peft_config.to_dict(), family, out_dir)

@@ -23,6 +23,7 @@ from peft import LoraConfig as PeftLoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.tensor import DTensor
 
 from mogen.config import LoraConfig
 
@@ -114,15 +115,50 @@ def attach_old_policy(transformer: torch.nn.Module) -> list[torch.nn.Parameter]:
         warnings.filterwarnings("ignore", message="Already found a `peft_config`")
         transformer.add_adapter(copy.deepcopy(transformer.peft_config[TRAINED_ADAPTER]), adapter_name=OLD_ADAPTER)
     transformer.set_adapter(TRAINED_ADAPTER)
-    named = dict(transformer.named_parameters())
-    old = []
-    for name, param in named.items():
-        if f".{TRAINED_ADAPTER}." in name:
-            copy_of = named[name.replace(f".{TRAINED_ADAPTER}.", f".{OLD_ADAPTER}.")]
-            copy_of.data = param.detach().clone().float()
-            copy_of.requires_grad_(False)
-            old.append(copy_of)
-    return old
+    pairs = adapter_pairs(transformer)
+    for trained, old in pairs:
+        old.data = trained.detach().clone().float()
+        old.requires_grad_(False)
+    return [old for _, old in pairs]
+
+
+def adapter_pairs(model: torch.nn.Module) -> list[tuple[torch.nn.Parameter, torch.nn.Parameter]]:
+    """(trained, old) LoRA parameters of each adapted weight, in the trained adapter's order; `model` bare or as
+    accelerate prepared it (under FSDP2 both are shards with the same placement, so an EMA over them is local)."""
+    named = dict(model.named_parameters())
+    return [
+        (param, named[name.replace(f".{TRAINED_ADAPTER}.", f".{OLD_ADAPTER}.")])
+        for name, param in named.items() if f".{TRAINED_ADAPTER}." in name
+    ]
+
+
+def has_old_policy(model: torch.nn.Module) -> bool:
+    """Whether attach_old_policy added the old adapter to `model` (bare or prepared)."""
+    return OLD_ADAPTER in getattr(extract_model_from_parallel(model), "peft_config", {})
+
+
+def old_policy_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The old adapter's weights under the trained adapter's key names (float32, CPU), for checkpoints.
+
+    Every process must call it (an FSDP2 shard is gathered with `full_tensor`, a collective); all receive them.
+    The old adapter is frozen, so lora_state_dict (trainable parameters only) never contains it.
+    """
+    bare = extract_model_from_parallel(model)
+    gathered = {}
+    for name, param in bare.named_parameters():
+        if f".{OLD_ADAPTER}." in name:
+            full = param.full_tensor() if isinstance(param, DTensor) else param
+            gathered[name] = full.detach().float().cpu().contiguous()
+    return get_peft_model_state_dict(bare, state_dict=gathered, adapter_name=OLD_ADAPTER)
+
+
+def load_old_policy(transformer: torch.nn.Module, path: Path) -> None:
+    """Load weights saved from old_policy_state_dict into the old adapter of the bare transformer."""
+    result = set_peft_model_state_dict(transformer, load_file(str(path)), adapter_name=OLD_ADAPTER)
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
+        raise ValueError(f"{path}: old-policy weights do not match the adapter (unexpected keys, e.g. {unexpected[:3]})")
+    transformer.set_adapter(TRAINED_ADAPTER)  # loading must leave the trained adapter active and the old one frozen
 
 
 @contextmanager

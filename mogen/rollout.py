@@ -6,6 +6,10 @@ ODE steps. For every trained step the rollout records the input x_t, the sample 
 Gaussian mean and std, and the log-prob. The update then needs no extra forward pass to recompute the old
 policy's mean: the exact KL to the old policy is ||mean_theta - mean_old||^2 / (2 std^2) with mean_old read
 from here.
+
+It also keeps the final latents (before decoding), the clean samples DiffusionNFT and AWM re-noise
+(mogen.forward_update). For them the recorded steps only serve the exact-KL diagnostics (kl/ref, kl/old_new),
+and a rollout may have no stochastic step at all (sampler.kind 'ode'): the step records then have S = 0.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class Rollout:
     means:        (B, S, *latent) the old policy's Gaussian mean; stds: (S,) its std.
     log_probs:    (B, S) the old policy's log-prob of next_latents.
     ref_means:    (B, S, *latent) the base model's mean (adapter disabled) or None if not asked for.
+    final_latents: (B, *latent) the final samples before decoding.
     images:       (B, 3, H, W) in [0, 1], the decoded final samples; None if the caller decoded them (`on_chunk`).
     """
 
@@ -50,6 +55,7 @@ class Rollout:
     stds: torch.Tensor
     log_probs: torch.Tensor
     ref_means: torch.Tensor | None
+    final_latents: torch.Tensor
     images: torch.Tensor | None
 
     def __len__(self) -> int:
@@ -150,10 +156,11 @@ def collect_rollout(
         )
         return x, records
 
-    parts, images = [], []
+    parts, finals, images = [], [], []
     for chunk in chunks_of(len(prompts), chunk_size):
         x, records = sample_chunk(chunk)
         parts.append(records)
+        finals.append(x)
         if on_chunk is not None:
             on_chunk(x, chunk)
         else:
@@ -161,6 +168,9 @@ def collect_rollout(
 
     def joined(key: str) -> torch.Tensor:
         """(B, S, ...): each chunk's per-step records stacked on dim 1, the chunks concatenated in sample order."""
+        if not trained:  # an all-ODE rollout: S = 0
+            per_sample = () if key == "log_probs" else x_start.shape[1:]
+            return x_start.new_empty((len(prompts), 0, *per_sample))
         return torch.cat([torch.stack(records[key], dim=1) for records in parts])
 
     index = trained_steps.to(device)
@@ -174,8 +184,9 @@ def collect_rollout(
         latents=joined("latents"),
         next_latents=joined("next"),
         means=joined("means"),
-        stds=torch.stack(parts[0]["stds"]),  # the same for every sample
+        stds=torch.stack(parts[0]["stds"]) if trained else times.new_empty(0),  # the same for every sample
         log_probs=joined("log_probs"),
         ref_means=joined("ref") if base_policy is not None else None,
+        final_latents=torch.cat(finals),
         images=torch.cat(images) if images else None,
     )

@@ -1,16 +1,22 @@
 """`mogen align`: the online RL loop, as one linear recipe (setup -> train -> save -> cleanup).
 
 Each step: draw prompts -> roll out G samples per prompt (recording the trained steps) -> score every objective
--> group-normalised advantages -> policy update (mogen.update) -> log, grid, checkpoint.
+-> group-normalised advantages -> policy update (mogen.update; DiffusionNFT and AWM: mogen.forward_update, then
+the old adapter's EMA step) -> log, grid, checkpoint.
 
-Seed contract: every random draw of step N (prompts, trained steps, sampling noise, minibatch order) comes from
-generators seeded with (train.seed, N). A run is therefore reproducible from its recipe, and `--resume` from a
+Seed contract: every random draw of step N (prompts, trained steps, sampling noise, minibatch order; nft/awm's
+training times and noise) comes from generators seeded with (train.seed, N). A run is therefore reproducible from its recipe, and `--resume` from a
 checkpoint at step N continues exactly as the uninterrupted run would have (bit for bit on CPU).
 
 Diagnostics that need extra forwards (`kl/ref`, the base model's means; `kl/old_new`, the KL of the whole
 update) are measured at step 1, every `train.diagnostics_every` steps and at the last step; `kl/ref` at every
-step when the recipe needs it (beta > 0 or a `max_ref_kl` budget). Other steps omit those keys. `kl/one_step`
-comes free from the update's own forwards. None of this changes a random draw: the LoRA is the same either way.
+step when the recipe needs it (dppo/grpo's beta > 0 or a `max_ref_kl` budget). Other steps omit those keys.
+`kl/one_step` comes free from the update's own forwards. None of this changes a random draw: the LoRA is the
+same either way. Both are exact KLs of the rollout's stochastic steps, so an all-ODE rollout (nft/awm with
+sampler.kind 'ode') has neither; nft/awm have no `mask_fraction` (DPPO's mask) either.
+
+DiffusionNFT samples its rollout with the old adapter (mogen.lora.attach_old_policy), AWM with the trained one;
+after each update the old adapter takes an EMA step towards the trained one, decay min(ramp * step, max).
 
 Overlap (`rollout.chunk_size`, `rollout.overlap`): the rollout samples each process's share in chunks and
 mogen.overlap decodes and scores each finished chunk on a background thread while the next one samples; rewards are
@@ -34,7 +40,7 @@ import json
 import time
 import warnings
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +55,9 @@ from mogen.config import Recipe, recipe_to_yaml
 from mogen.distributed import check_launch, gather_samples, mean_over_processes, shard_of
 from mogen.evaluation.during_training import Probes
 from mogen.export import export_lora
-from mogen.lora import adapter_disabled, attach_lora, save_lora
+from mogen.forward_process import ema_update_, ramped_decay
+from mogen.forward_update import draw_training_points, forward_update
+from mogen.lora import adapter_disabled, adapter_pairs, attach_lora, attach_old_policy, old_policy, save_lora
 from mogen.models.loading import load_policy
 from mogen.objectives import Advantages, compute_advantages, ref_kl_gate
 from mogen.overlap import ChunkScoring
@@ -115,12 +123,21 @@ class Components:
     prompts: PromptSource
     deltas: torch.Tensor  # (K,) per-objective DPPO thresholds
     shard: slice  # this process's samples of the global batch
+    old_pairs: list[tuple[torch.nn.Parameter, torch.nn.Parameter]]  # (trained, old) LoRA weights; [] without old adapter
 
     @property
     def base_model(self) -> Callable[[], AbstractContextManager]:
         """A context manager factory under which the policy acts as the base model (LoRA disabled)."""
         transformer = self.accelerator.unwrap_model(self.policy.transformer)
         return lambda: adapter_disabled(transformer)
+
+    @property
+    def old_model(self) -> Callable[[], AbstractContextManager] | None:
+        """A context manager factory under which the policy acts as the old adapter (nft, awm); None without one."""
+        if not self.old_pairs:
+            return None
+        transformer = self.accelerator.unwrap_model(self.policy.transformer)
+        return lambda: old_policy(transformer)
 
 
 def build_components(recipe: Recipe, accelerator: Accelerator, resume_from: Path | None = None) -> Components:
@@ -129,6 +146,8 @@ def build_components(recipe: Recipe, accelerator: Accelerator, resume_from: Path
     set_seed(recipe.train.seed)  # LoRA's initial A matrices come from the global RNG
     policy = load_policy(recipe.model, device=device, guidance_scale=recipe.sampler.guidance_scale)
     trainable = attach_lora(policy.transformer, recipe.lora)
+    if recipe.algorithm.keeps_old_adapter:
+        attach_old_policy(policy.transformer)  # a copy of the initial LoRA; a checkpoint's replaces it below
     if resume_from is not None:  # into the bare model: accelerator.prepare then shards it (FSDP)
         load_checkpoint_lora(resume_from, policy.transformer)
     if recipe.model.gradient_checkpointing:
@@ -138,18 +157,26 @@ def build_components(recipe: Recipe, accelerator: Accelerator, resume_from: Path
     )
     policy.transformer, optimizer = accelerator.prepare(policy.transformer, optimizer)
     trainable = [p for p in policy.transformer.parameters() if p.requires_grad]  # FSDP2 replaced them by their shards
+    old_pairs = adapter_pairs(policy.transformer) if recipe.algorithm.keeps_old_adapter else []
     objectives = Objectives.build(recipe.rewards, device=device)
     batch_size = recipe.rollout.prompts_per_batch * recipe.rollout.group_size
     return Components(
         recipe, accelerator, policy, trainable, optimizer, objectives, PromptSource.build(recipe.prompts),
         objectives.deltas(recipe.algorithm.delta, recipe.advantage.mode).to(device),
-        shard_of(batch_size, accelerator.num_processes, accelerator.process_index),
+        shard_of(batch_size, accelerator.num_processes, accelerator.process_index), old_pairs,
     )
 
 
 def needs_ref_kl(recipe: Recipe) -> bool:
-    """The loss reads the KL to the base at every step: as a penalty (beta) or through a budget's gate."""
-    return recipe.algorithm.beta > 0 or any(r.max_ref_kl is not None for r in recipe.rewards)
+    """The loss reads the KL to the base at every step: as dppo/grpo's penalty (beta) or through a budget's gate
+    (nft/awm's beta weighs a velocity penalty their update computes itself)."""
+    exact_kl_penalty = recipe.algorithm.beta > 0 and not recipe.algorithm.uses_forward_process
+    return exact_kl_penalty or any(r.max_ref_kl is not None for r in recipe.rewards)
+
+
+def has_stochastic_steps(recipe: Recipe) -> bool:
+    """The rollout samples (and records) stochastic steps: where kl/ref and kl/old_new, exact KLs, are measured."""
+    return recipe.sampler.kind != "ode"
 
 
 def is_diagnostic_step(recipe: Recipe, done: int) -> bool:
@@ -183,12 +210,15 @@ def collect_batch(c: Components, step: int, measure_ref_kl: bool) -> Batch:
     c.policy.transformer.eval()
     local_prompts = list(batch_prompts)[c.shard]
     background = rollout_cfg.overlap and rollout_cfg.chunk_size is not None and rollout_cfg.chunk_size < len(local_prompts)
+    stochastic = (choose_trained_steps(sampler.train_window, sampler.train_steps, gens.cpu) if has_stochastic_steps(recipe)
+                  else torch.zeros(0, dtype=torch.long))
+    sampling_policy = c.old_model if recipe.algorithm.name == "nft" else nullcontext  # nft samples with the old adapter
     with ChunkScoring(decode, c.objectives.score, local_prompts, device, background) as scoring:
-        with accelerator.autocast():
+        with sampling_policy(), accelerator.autocast():
             rollout = collect_rollout(
                 c.policy, batch_prompts, torch.as_tensor(group_ids),
                 kind=sampler.kind, eta=sampler.eta, num_steps=sampler.num_steps, shift=sampler.shift,
-                trained_steps=choose_trained_steps(sampler.train_window, sampler.train_steps, gens.cpu),
+                trained_steps=stochastic,
                 generator=gens.device, device=device, base_policy=c.base_model if measure_ref_kl else None, shard=c.shard,
                 chunk_size=rollout_cfg.chunk_size, on_chunk=scoring.submit,
             )
@@ -224,25 +254,43 @@ def collect_batch(c: Components, step: int, measure_ref_kl: bool) -> Batch:
 
 
 def update_policy(c: Components, batch: Batch, measure_kl_after: bool, visits: list[Visit] | None = None) -> dict[str, float]:
-    """The policy update on one batch; returns its metrics (kl/*, mask_fraction, update/*, time/train_s)."""
-    recipe = c.recipe
+    """The policy update on one batch, then the old adapter's EMA step (nft, awm); returns its metrics (kl/*,
+    mask_fraction for dppo/grpo, update/*, time/train_s)."""
+    recipe, algorithm, sampler = c.recipe, c.recipe.algorithm, c.recipe.sampler
     started = time.perf_counter()
     c.policy.transformer.train()
     stats = {}
-    if bool(batch.inputs.keep.any()):
+    if bool(batch.inputs.keep.any()) and algorithm.uses_forward_process:
+        points = draw_training_points(sampler, algorithm, len(batch.inputs.keep), c.shard, c.policy.latent_shape,
+                                      batch.gens.cpu, batch.gens.device, c.accelerator.device)
+        stats = forward_update(
+            c.policy, c.trainable, c.optimizer, c.accelerator, batch.rollout, batch.inputs, points, algorithm,
+            recipe.train.grad_clip, batch.gens.cpu, c.old_model, c.base_model, sampler.kind, sampler.eta, measure_kl_after,
+        )
+    elif bool(batch.inputs.keep.any()):
         stats = policy_update(
-            c.policy, c.trainable, c.optimizer, c.accelerator, batch.rollout, batch.inputs, recipe.algorithm,
-            recipe.sampler.kind, recipe.sampler.eta, recipe.train.grad_clip, batch.gens.cpu,
+            c.policy, c.trainable, c.optimizer, c.accelerator, batch.rollout, batch.inputs, algorithm,
+            sampler.kind, sampler.eta, recipe.train.grad_clip, batch.gens.cpu,
             measure_kl_after=measure_kl_after, visits=visits,
         )
-    metrics = {"mask_fraction": stats.pop("mask_fraction", 0.0)}
+    metrics = {} if algorithm.uses_forward_process else {"mask_fraction": stats.pop("mask_fraction", 0.0)}
     if "kl_after" in stats:
         metrics["kl/old_new"] = stats.pop("kl_after")
     if "kl_one_step" in stats:
         metrics["kl/one_step"] = stats.pop("kl_one_step")
     metrics.update({f"update/{k}": v for k, v in stats.items()})
+    if c.old_pairs:
+        metrics["update/old_decay"] = step_old_adapter(c, done=int(batch.metrics["step"]))
     metrics["time/train_s"] = time.perf_counter() - started
     return metrics
+
+
+def step_old_adapter(c: Components, done: int) -> float:
+    """After `done` training steps: old <- d old + (1 - d) trained, d = min(ema_ramp * done, ema_max); returns d."""
+    ema = c.recipe.algorithm.nft if c.recipe.algorithm.name == "nft" else c.recipe.algorithm.awm
+    decay = ramped_decay(done, ema.ema_ramp, ema.ema_max)
+    ema_update_([old for _, old in c.old_pairs], [trained for trained, _ in c.old_pairs], decay)
+    return decay
 
 
 def align(recipe: Recipe, resume: bool = False) -> Path:
@@ -286,14 +334,18 @@ def align(recipe: Recipe, resume: bool = False) -> Path:
     for step in progress:
         done = step + 1
         diagnostic = is_diagnostic_step(recipe, done)
-        batch = collect_batch(c, step, measure_ref_kl=diagnostic or needs_ref_kl(recipe))
-        metrics = {**batch.metrics, **update_policy(c, batch, measure_kl_after=diagnostic)}
+        exact_kl = has_stochastic_steps(recipe)
+        batch = collect_batch(c, step, measure_ref_kl=exact_kl and (diagnostic or needs_ref_kl(recipe)))
+        metrics = {**batch.metrics, **update_policy(c, batch, measure_kl_after=exact_kl and diagnostic)}
         if probes and done % recipe.eval.every == 0:
             metrics.update(probes.run(policy))
         probes.check(metrics)
         log.write(metrics)
         shown_ref_kl = metrics.get("kl/ref", shown_ref_kl)
-        progress.set_postfix(reward=f"{metrics['reward/total']:.3f}", kl_ref=f"{shown_ref_kl:.2e}", mask=f"{metrics['mask_fraction']:.1%}")
+        shown = {"reward": f"{metrics['reward/total']:.3f}", "kl_ref": f"{shown_ref_kl:.2e}"}
+        if "mask_fraction" in metrics:  # dppo / grpo
+            shown["mask"] = f"{metrics['mask_fraction']:.1%}"
+        progress.set_postfix(shown)
 
         if done % recipe.train.sample_every == 0 or done == recipe.train.steps:
             grid = sample_grid(policy, c.prompts.eval_prompts(), recipe.sampler, recipe.train.seed)

@@ -38,7 +38,7 @@ def sample_trajectory(
     """Denoise `x` (float32 latents at times[0]) along the time grid `times` (1 -> 0); returns the final latents.
 
     stochastic:  indices of the steps that use the `kind` kernel ("sde" or "cps") with noise level `eta`;
-                 the other steps are ODE steps.
+                 the other steps are ODE steps (`kind` is not read when there are none).
     noise:       returns the standard normal noise of the next stochastic step (x's shape); called once per
                  stochastic step, in step order, so the caller's generator fixes the trajectory.
     on_step:     called after every step with (i, x_t, StepOutput) before x moves on to prev_sample.
@@ -49,7 +49,7 @@ def sample_trajectory(
         raise ValueError(f"the time grid needs at least two times, got {len(times)}")
     if stochastic and noise is None:
         raise ValueError("stochastic steps need a noise source")
-    kernel = STEP_KERNELS[kind]
+    kernel = STEP_KERNELS[kind] if stochastic else ode_step  # an all-ODE trajectory needs no stochastic kernel
     times = times.to(x.device)  # an exact copy: the grid's values do not depend on where it was computed
     for i in range(len(times) - 1):
         t, t_next = times[i], times[i + 1]

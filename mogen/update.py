@@ -24,7 +24,7 @@ gradient of the mean loss over the whole minibatch, however unevenly dropped gro
 from __future__ import annotations
 
 from collections import defaultdict
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -96,19 +96,13 @@ def policy_update(
         for minibatch, global_size in zip(order.tensor_split(algorithm.minibatches), global_sizes):
             if global_size == 0:  # empty on every process: all of them skip it
                 continue
-            scale = len(minibatch) * processes / global_size  # 1.0 with one process
-            weight = float(len(minibatch))  # of this minibatch's statistics
-            if len(minibatch) == 0:  # other processes have samples: join their gradient all-reduce with weight 0
-                minibatch = torch.zeros(1, dtype=torch.long)
-            minibatch = minibatch.to(rollout.log_probs.device)
+            minibatch, scale, weight = local_minibatch(minibatch, global_size, processes, rollout.log_probs.device)
             cond = index_cond(rollout.cond, minibatch)
             optimizer.zero_grad(set_to_none=True)
             for s in range(num_steps):
-                # accumulate locally; gradients are all-reduced once, with the minibatch's last backward
-                sync = nullcontext() if s == num_steps - 1 else accelerator.no_sync(policy.transformer)
                 x, std = rollout.latents[minibatch, s], rollout.stds[s]
                 t, t_next = rollout.t[s], rollout.t_next[s]
-                with sync:
+                with gradient_sync(accelerator, policy.transformer, last=s == num_steps - 1):
                     with accelerator.autocast():
                         velocity = policy.velocity(x, t.expand(len(minibatch)), cond)
                     new = step_kernel(velocity, x, t, t_next, eta, prev_sample=rollout.next_latents[minibatch, s])
@@ -141,18 +135,44 @@ def policy_update(
                         stats_log.add("kl_ref_penalty", ref_kl.detach(), weight)
                     stats_log.add("loss", loss.detach(), weight)
                     accelerator.backward(loss * scale / num_steps)
-            if grad_clip is not None:
-                grad_norm = accelerator.clip_grad_norm_(trainable, grad_clip)  # of the all-reduced gradient
-                if isinstance(grad_norm, DTensor):  # FSDP2: the norm over every process's gradient shards
-                    grad_norm = grad_norm.full_tensor()
-                stats_log.add("grad_norm", grad_norm.detach().float(), 1.0)
-            optimizer.step()
+            clipped_step(accelerator, trainable, optimizer, grad_clip, stats_log)
             optimizer_steps += 1
 
     summary = stats_log.summary(accelerator)
     if measure_kl_after:
         summary["kl_after"] = float(kl_to_rollout_policy(policy, accelerator, rollout, kept, kind, eta))
     return summary
+
+
+def local_minibatch(
+    minibatch: torch.Tensor, global_size: int, processes: int, device: torch.device
+) -> tuple[torch.Tensor, float, float]:
+    """This process's part of a minibatch of `global_size` samples: (its sample indices on `device`, the loss scale,
+    the weight of its statistics). A process with no sample in it still joins the other processes' forwards and
+    gradient all-reduce, with one stand-in sample (index 0), loss scale 0 and weight 0."""
+    scale = len(minibatch) * processes / global_size  # 1.0 with one process
+    weight = float(len(minibatch))
+    if len(minibatch) == 0:
+        minibatch = torch.zeros(1, dtype=torch.long)
+    return minibatch.to(device), scale, weight
+
+
+def gradient_sync(accelerator: Accelerator, model: torch.nn.Module, last: bool) -> AbstractContextManager:
+    """Accumulate gradients locally; all-reduce them once, with a minibatch's `last` backward."""
+    return nullcontext() if last else accelerator.no_sync(model)
+
+
+def clipped_step(
+    accelerator: Accelerator, trainable: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
+    grad_clip: float | None, stats_log: UpdateStats,
+) -> None:
+    """Clip the accumulated (all-reduced) gradient to `grad_clip`, log its norm, and apply it."""
+    if grad_clip is not None:
+        grad_norm = accelerator.clip_grad_norm_(trainable, grad_clip)  # of the all-reduced gradient
+        if isinstance(grad_norm, DTensor):  # FSDP2: the norm over every process's gradient shards
+            grad_norm = grad_norm.full_tensor()
+        stats_log.add("grad_norm", grad_norm.detach().float(), 1.0)
+    optimizer.step()
 
 
 def minibatch_sizes(keep: torch.Tensor, processes: int, minibatches: int) -> list[int]:

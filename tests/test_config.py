@@ -45,7 +45,7 @@ def test_resolved_recipe_round_trips_through_yaml(tmp_path: Path) -> None:
     [
         ("rollout: {group_sise: 4}\n" + MIX, "rollout.group_sise: unknown field 'group_sise'; allowed: prompts_per_batch, group_size"),
         ("rollout: {group_size: 1}\n" + MIX, "rollout.group_size: Input should be greater than or equal to 2 (got 1)"),
-        ("algorithm: {name: ppo}\n" + MIX, "algorithm.name: Input should be 'dppo' or 'grpo' (got 'ppo')"),
+        ("algorithm: {name: ppo}\n" + MIX, "algorithm.name: Input should be 'dppo', 'grpo', 'nft' or 'awm' (got 'ppo')"),
         ("sampler: {train_window: [0, 20]}\n" + MIX, "sampler: train_window must satisfy 0 <= start < end <= num_steps (10)"),
         ("model: {}\n", "rewards: Field required"),
         ("rewards: [{name: a}, {name: a}]\n", "objectives need distinct labels, repeated: ['a']"),

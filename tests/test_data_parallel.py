@@ -36,7 +36,7 @@ ACCELERATE = Path(sys.executable).with_name("accelerate")
 REWARDS = [{"name": "toy_verifier", "kwargs": {"attribute": "count"}}, {"name": "vivid"}]
 
 
-def _recipe(tmp_path: Path, model_dir: Path, name: str, rewards: list[dict], advantage_std: str = "group",
+def _recipe(tmp_path: Path, model_dir: Path, run: str, rewards: list[dict], advantage_std: str = "group",
             chunk_size: int | None = None, **algorithm) -> Path:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("two red circles\na blue square\n")
@@ -50,9 +50,9 @@ def _recipe(tmp_path: Path, model_dir: Path, name: str, rewards: list[dict], adv
         "algorithm": {"name": "dppo", "delta": 1e-9, **algorithm},  # a delta that masks: the masks must agree too
         "rewards": rewards,
         "train": {"steps": 1, "sample_every": 1, "checkpoint_every": 1, "log_with": []},
-        "output_dir": str(tmp_path / name),
+        "output_dir": str(tmp_path / run),
     }
-    path = tmp_path / f"{name}.yaml"
+    path = tmp_path / f"{run}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
 
@@ -113,6 +113,30 @@ def test_a_process_whose_groups_all_failed_still_joins_the_update(
     with pytest.warns(UserWarning, match="dropping 4 samples"):
         one = align(load_recipe(_recipe(tmp_path, tiny_model_dir, "one", rewards, minibatches=2, updates_per_batch=2)))
     _assert_same_run(two, one)
+
+
+@pytest.mark.parametrize("algorithm", ["nft", "awm"])
+def test_nft_and_awm_in_two_processes_make_the_same_update_as_one(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, algorithm: str
+) -> None:
+    """The forward-process update (mogen/forward_update.py) under DDP: training times and noise drawn for the global
+    batch, NFT's rollout with the old adapter, AWM's ell_old pre-pass, and a process without samples (its group
+    failed) joining every forward with a stand-in, over 2 minibatches and 2 passes; the old adapters agree too."""
+    monkeypatch.syspath_prepend(str(PLUGIN))
+    rewards = [{"name": "fails_on_word", "kwargs": {"word": "red"}}]
+    knobs = {"name": algorithm, "minibatches": 2, "updates_per_batch": 2, "beta": 0.01, "awm": {"include_init": True}}
+    two = _launch_two_processes(_recipe(tmp_path, tiny_model_dir, "two", rewards, **knobs))
+    with pytest.warns(UserWarning, match="dropping 4 samples"):
+        one = align(load_recipe(_recipe(tmp_path, tiny_model_dir, "one", rewards, **knobs)))
+    for name in ("lora.safetensors", "old_lora.safetensors"):
+        weights_two, weights_one = (load_file(str(Path(run) / "checkpoints" / "step-1" / name)) for run in (two, one))
+        assert weights_two.keys() == weights_one.keys()
+        for key in weights_one:
+            torch.testing.assert_close(weights_two[key], weights_one[key], rtol=1e-3, atol=1e-5)
+    (metrics_two,), (metrics_one,) = ([json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+                                      for run in (two, one))
+    for key in ("reward/total", "kl/ref", "kl/old_new", "update/loss", "update/grad_norm", "update/ref_penalty"):
+        assert metrics_two[key] == pytest.approx(metrics_one[key], rel=1e-4, abs=1e-9), key
 
 
 def test_shards_are_contiguous_equal_slices_and_an_uneven_batch_is_a_clear_error() -> None:
