@@ -214,7 +214,7 @@ def table_markdown(results: dict) -> str:
             two_se = "-" if c.get("se") is None else format(2 * c["se"], ".4f")
             lines.append(f"| {pair} | {question} | {c['verdict']} | {'-' if diff is None else format(diff, '+.4f')} | {two_se} |")
     for algorithm, e in results["comparisons"]["gain_per_cpu_minute"].items():
-        if "minus_dppo" in e:
+        if "minus_dppo" in e and algorithm != "dppo":
             two_se = "-" if e["se"] is None else format(2 * e["se"], ".4f")
             lines.append(f"| {algorithm}_vs_dppo | gain per CPU-minute | {e['verdict']} | {e['minus_dppo']:+.4f} | {two_se} |")
     return "\n".join(lines)

@@ -156,6 +156,9 @@ class NFTConfig(_Section):
         "the old adapter's EMA decay after training step s is min(ema_ramp * s, ema_max) (train_nft_sd3.py"
         " return_decay type 1: 0.001; the reference counts gradient steps, one per epoch in config/nft.py)"))
     ema_max: float = Field(0.5, ge=0, le=1, description="cap of the old adapter's EMA decay (return_decay type 1: 0.5)")
+    ema_flat_steps: int = Field(0, ge=0, description=(
+        "training steps with decay 0 (the old adapter copies the trained one) before the ramp: d = min(ema_ramp *"
+        " (s - ema_flat_steps), ema_max) (return_decay type 1: 0; type 2, OCR: 75 gradient steps)"))
     time_scheme: Literal["grid_subset", "grid_stratified"] = Field("grid_subset", description=(
         "training times: per sample, `sampler.train_steps` distinct step times of `sampler.train_window`"
         " (grid_subset, train_nft_sd3.py), or one per stratum of the window, shared by the batch (grid_stratified)"))

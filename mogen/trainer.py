@@ -286,9 +286,13 @@ def update_policy(c: Components, batch: Batch, measure_kl_after: bool, visits: l
 
 
 def step_old_adapter(c: Components, done: int) -> float:
-    """After `done` training steps: old <- d old + (1 - d) trained, d = min(ema_ramp * done, ema_max); returns d."""
-    ema = c.recipe.algorithm.nft if c.recipe.algorithm.name == "nft" else c.recipe.algorithm.awm
-    decay = ramped_decay(done, ema.ema_ramp, ema.ema_max)
+    """After `done` training steps: old <- d old + (1 - d) trained, d = min(ema_ramp * (done - flat), ema_max) (0 for
+    the NFT recipe's first `ema_flat_steps` steps); returns d."""
+    algorithm = c.recipe.algorithm
+    if algorithm.name == "nft":
+        decay = ramped_decay(done, algorithm.nft.ema_ramp, algorithm.nft.ema_max, algorithm.nft.ema_flat_steps)
+    else:
+        decay = ramped_decay(done, algorithm.awm.ema_ramp, algorithm.awm.ema_max)
     ema_update_([old for _, old in c.old_pairs], [trained for trained, _ in c.old_pairs], decay)
     return decay
 

@@ -74,6 +74,16 @@ def test_recipe_errors_are_one_line_naming_the_field(tmp_path: Path, overrides: 
     assert load_recipe(path, ["algorithm.name=nft", "rewards.1.max_ref_kl=1e-3"]).rewards[1].max_ref_kl == 1e-3  # SDE: fine
 
 
+def test_nft_ema_flat_steps_keep_the_old_adapter_a_copy_first(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """DiffusionNFT's OCR schedule: decay 0 for the flat steps (old == trained after the update), then the ramp from 0."""
+    recipe = _recipe(tmp_path, tiny_model_dir, "nft", "run", "algorithm.nft.ema_flat_steps=2", "algorithm.nft.ema_ramp=0.25",
+                     "train.steps=3", "train.checkpoint_every=1")
+    metrics = _metrics(align(recipe))
+    assert [m["update/old_decay"] for m in metrics] == [0.0, 0.0, 0.25]
+    trained, old = _checkpoint(tmp_path / "run", 2)
+    assert _equal(trained, old)
+
+
 @pytest.mark.parametrize("algorithm", ["nft", "awm"])
 def test_a_step_trains_the_lora_and_moves_the_old_adapter_by_the_ema_rule(tmp_path: Path, tiny_model_dir: Path, algorithm: str) -> None:
     """decay after step s = min(ramp * s, max): 0.25 after step 1, capped at 0.4 after step 2; before step 1 the old
