@@ -43,13 +43,15 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from benchmarks.matched_regime import (
     EPS_MATCHED, OUT_JSON as MATCHED_JSON, REFERENCE_DELTA, dppo, frontier_gap, grpo, standard_error, step_overrides,
     summarize, verdict,
 )
-from benchmarks.quickstart_runs import BASE_OVERRIDES, ROOT, finished, format_mean_std, machine, mean_std, run_cpu_seconds, run_plan, write_results
+from benchmarks.quickstart_runs import (
+    BASE_OVERRIDES, ROOT, add_seeded_run_arguments, finished, format_mean_std, machine, mean_std, run_cpu_seconds, train_settings,
+    write_results,
+)
 
 OUT_JSON = ROOT / "benchmarks" / "results" / "forward_rl.json"
 SECONDS_PER_RUN = 230.0  # estimate for a 100-step run with --jobs 2 (DPPO: 205 s, matched_regime.py)
@@ -222,14 +224,7 @@ def table_markdown(results: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=100, help="training steps per run (probes at 0, steps/2, steps)")
-    parser.add_argument("--only", nargs="+", help="run only these settings (see variants())")
-    parser.add_argument("--smoke", action="store_true", help="2 steps, seed 0, one setting per algorithm")
-    parser.add_argument("--work-dir", type=Path, default=Path("runs/forward_rl"))
-    parser.add_argument("--out", type=Path, default=OUT_JSON, help="results JSON; the PNG is written beside it")
-    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
-    parser.add_argument("--table", action="store_true", help="print the results JSON as markdown and exit")
+    add_seeded_run_arguments(parser, "runs/forward_rl", OUT_JSON, "2 steps, seed 0, each algorithm's reference setting")
     args = parser.parse_args()
     if args.table:
         print(table_markdown(json.loads(args.out.read_text())))
@@ -246,7 +241,6 @@ def main() -> None:
     runs = len(plan) * len(args.seeds)
     print(f"{runs} runs of {args.steps} steps, {args.jobs} at a time: about "
           f"{SECONDS_PER_RUN * args.steps / 100 * runs / args.jobs / 60:.0f} min on free cores", flush=True)
-    started = time.perf_counter()
 
     def write(done: dict) -> dict:
         results = collect(args.work_dir, plan, args.seeds, args.steps, done, args.jobs)
@@ -255,11 +249,7 @@ def main() -> None:
             plot(results, args.out.with_suffix(".png"))
         return results
 
-    jobs = sorted(((n, s) for n in plan for s in args.seeds), key=lambda job: job[1])  # every setting's seed 0 first
-    done = run_plan({f"{n}/seed{s}": ([*plan[n]["overrides"], *step_overrides(args.steps)], s, args.work_dir / n / f"seed{s}")
-                     for n, s in jobs}, args.jobs, write)
-    results = write(done)
-    results["total_wall_seconds"] = round(time.perf_counter() - started, 1)
+    results = train_settings(plan, args.seeds, args.work_dir, step_overrides(args.steps), args.jobs, write)
     write_results(args.out, results)
     print(table_markdown(results))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")

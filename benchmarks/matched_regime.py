@@ -60,7 +60,7 @@ import yaml
 from benchmarks.multi_objective import SUITE as MIXTURE_SUITE
 from benchmarks.multi_objective import WEIGHTINGS, reward_overrides
 from benchmarks.quickstart_runs import (
-    BASE_OVERRIDES, ROOT, finished, format_mean_std, machine, mean_std, run_plan, write_results,
+    BASE_OVERRIDES, ROOT, add_seeded_run_arguments, finished, format_mean_std, machine, mean_std, train_settings, write_results,
 )
 
 from mogen.evaluation.runs import load_metrics
@@ -355,14 +355,7 @@ def table_markdown(results: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=100, help="training steps per run (probes at 0, steps/2, steps; below 10: at 0 and steps)")
-    parser.add_argument("--only", nargs="+", help="run only these settings (see variants())")
-    parser.add_argument("--smoke", action="store_true", help="2 steps, seed 0, the matched setting of each algorithm")
-    parser.add_argument("--work-dir", type=Path, default=Path("runs/matched_regime"))
-    parser.add_argument("--out", type=Path, default=OUT_JSON, help="results JSON; the PNG is written beside it")
-    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
-    parser.add_argument("--table", action="store_true", help="print the results JSON as markdown and exit")
+    add_seeded_run_arguments(parser, "runs/matched_regime", OUT_JSON, "2 steps, seed 0, the matched setting of each algorithm")
     args = parser.parse_args()
     if args.table:
         print(table_markdown(json.loads(args.out.read_text())))
@@ -379,7 +372,6 @@ def main() -> None:
           f"({SECONDS_PER_RUN:.0f} s per 100-step run measured with --jobs 2); matched eps {EPS_MATCHED:.1e}, delta {REFERENCE_DELTA:.0e}",
           flush=True)
     history = earlier_history(args.out)
-    started = time.perf_counter()
 
     def write(done: dict) -> dict:
         results = collect(args.work_dir, plan, args.seeds, args.steps, done, args.jobs, history)
@@ -388,11 +380,7 @@ def main() -> None:
             plot(results, args.out.with_suffix(".png"))
         return results
 
-    jobs = sorted(((n, s) for n in plan for s in args.seeds), key=lambda job: job[1])  # every setting's seed 0 first
-    done = run_plan({f"{n}/seed{s}": ([*plan[n]["overrides"], *step_overrides(args.steps)], s, args.work_dir / n / f"seed{s}")
-                     for n, s in jobs}, args.jobs, write)
-    results = write(done)
-    results["total_wall_seconds"] = round(time.perf_counter() - started, 1)
+    results = train_settings(plan, args.seeds, args.work_dir, step_overrides(args.steps), args.jobs, write)
     write_results(args.out, results)
     print(table_markdown(results))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")

@@ -10,6 +10,7 @@ Not a benchmark itself: the others import it (`from benchmarks.quickstart_runs i
 
 from __future__ import annotations
 
+import argparse
 import json
 import multiprocessing
 import os
@@ -89,6 +90,31 @@ def run_plan(plan: dict[str, tuple[list[str], int, Path]], jobs: int, on_done: C
             print(f"done {futures[future]} in {seconds:.0f} s", flush=True)
             on_done(done)
     return done
+
+
+def add_seeded_run_arguments(parser: argparse.ArgumentParser, work_dir: str, out_json: Path, smoke_help: str) -> None:
+    """The command line every settings-x-seeds benchmark shares (matched_regime, forward_rl)."""
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=STEPS, help="training steps per run (probes at 0, steps/2, steps; below 10: at 0 and steps)")
+    parser.add_argument("--only", nargs="+", help="run only these settings (see variants())")
+    parser.add_argument("--smoke", action="store_true", help=smoke_help)
+    parser.add_argument("--work-dir", type=Path, default=Path(work_dir))
+    parser.add_argument("--out", type=Path, default=out_json, help="results JSON; the PNG is written beside it")
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
+    parser.add_argument("--table", action="store_true", help="print the results JSON as markdown and exit")
+
+
+def train_settings(plan: dict[str, dict], seeds: list[int], work_dir: Path, extra_overrides: list[str], jobs: int,
+                   write: Callable[[dict], dict]) -> dict:
+    """Train every (setting, seed) of `plan` (name -> {"overrides": [...]}) into work_dir/<name>/seed<seed>, every
+    setting's seed 0 first, calling write(done) after each run; returns write's last result, with the total wall time."""
+    started = time.perf_counter()
+    order = sorted(((n, s) for n in plan for s in seeds), key=lambda job: job[1])
+    done = run_plan({f"{n}/seed{s}": ([*plan[n]["overrides"], *extra_overrides], s, work_dir / n / f"seed{s}") for n, s in order},
+                    jobs, write)
+    results = write(done)
+    results["total_wall_seconds"] = round(time.perf_counter() - started, 1)
+    return results
 
 
 def code_commit() -> str:
