@@ -57,7 +57,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from benchmarks.quickstart_runs import BASE_OVERRIDES, RECIPE, ROOT, machine, write_results
+from benchmarks.quickstart_runs import BASE_OVERRIDES, RECIPE, ROOT, code_commit, machine, write_results
 from typing_extensions import Self
 
 OUT_JSON = ROOT / "benchmarks" / "results" / "throughput.json"
@@ -152,9 +152,9 @@ def floor_bench(overrides: list[str]) -> tuple[Callable[[int], dict[str, list[tu
     def clock() -> tuple[float, float]:
         return time.perf_counter(), time.process_time()
 
-    def measure(repeats: int) -> dict[str, list[tuple[float, float]]]:
+    def measure(repeats: int, warm_up: bool = True) -> dict[str, list[tuple[float, float]]]:
         parts: dict[str, list[tuple[float, float]]] = {k: [] for k in FLOOR_PARTS}
-        for repeat in range(repeats + 1):  # the first repeat warms up
+        for repeat in range(int(warm_up), repeats + 1):  # repeat 0 warms up
             ticks = [clock()]
             with torch.no_grad():
                 cond = policy.encode_prompts(prompts)
@@ -188,6 +188,15 @@ def floor_bench(overrides: list[str]) -> tuple[Callable[[int], dict[str, list[tu
     facts = {"transformer_class": type(policy.transformer), "batch": batch, "trained_steps": len(trained),
              "num_steps": sampler.num_steps, "minibatches": minibatches, "updates_per_batch": recipe.algorithm.updates_per_batch}
     return measure, facts
+
+
+def adjacent_floor(before: dict, after: dict) -> dict[str, float]:
+    """The floor (wall and CPU seconds) as the mean of one measurement right before a run pair and one right after:
+    a ratio to it compares work done under the same load, which a floor measured at the start and end does not."""
+    def seconds(clock: int) -> float:
+        return statistics.mean(sum(part[i][clock] for part in (m["rollout_forwards"], m["train_fwd_bwd"])) for m in (before, after)
+                               for i in range(len(m["rollout_forwards"])))
+    return {"floor_s": seconds(0), "floor_cpu_s": seconds(1)}
 
 
 def trainer_run(overrides: list[str], steps: int, work: Path, module_class: type) -> dict:
@@ -242,9 +251,13 @@ def measure_scale(scale: str, steps: int, repeats: int, every_step: list[str], s
                 continue
             for algorithm, algo in ALGORITHMS.items():
                 run_overrides = [*overrides, *algo, *extra]
+                before = measure(1, warm_up=False)  # the floor right before and after: the same load as the runs
                 long = trainer_run(run_overrides, steps, Path(tmp) / f"{algorithm}_{variant}", facts["transformer_class"])
                 short = trainer_run(run_overrides, 1, Path(tmp) / f"{algorithm}_{variant}_1", facts["transformer_class"])
-                runs[f"{algorithm}/{variant}"] = per_step(long, short, steps)
+                after = measure(1, warm_up=False)
+                runs[f"{algorithm}/{variant}"] = per_step(long, short, steps) | {"adjacent_floor": adjacent_floor(before, after)}
+                for key in parts:
+                    parts[key] += before[key] + after[key]
         for key, values in measure(repeats).items():  # again after: the load may have changed meanwhile
             parts[key] += values
     fl = {f"{k}_s": float(statistics.median(w for w, _ in v)) for k, v in parts.items()}
@@ -258,6 +271,7 @@ def measure_scale(scale: str, steps: int, repeats: int, every_step: list[str], s
         t["step_s"] = t["rollout_s"] + t["train_s"]
         t["step_over_floor"] = t["step_s"] / fl["floor_s"]
         t["cpu_step_over_floor"] = t["cpu_per_step_s"] / fl["floor_cpu_s"]
+        t["cpu_step_over_adjacent_floor"] = t["cpu_per_step_s"] / run["adjacent_floor"]["floor_cpu_s"]
         t["reward_images_per_s"] = b / t["reward_s"]
         f["extra_no_grad_forwards_over_floor"] = (f.get("no_grad_samples", 0) - floor_forwards["no_grad_samples"]) / b
     return {
@@ -275,6 +289,8 @@ def measure_scale(scale: str, steps: int, repeats: int, every_step: list[str], s
                                           "cpu_seconds_saved_per_step": s * fl["one_forward_cpu_s"]},
         "peak_rss_mib": {"after_floor": rss_floor, "after_trainer_runs": peak_rss_mib()},
         "wall_seconds": round(time.perf_counter() - started, 1),
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "git_commit": code_commit(),
     }
 
 
@@ -480,7 +496,10 @@ def main() -> None:
         ("runs: '<algorithm>/default' uses the diagnostics schedule of the recipe and config defaults (train_config shows it);"
          " '<algorithm>/every_step' adds every_step_overrides. skipped: variants this mogen's config rejects."),
         ("seconds: rollout_s/reward_s/train_s are means over steps 2..N of the trainer's time/* (wall); step_s = rollout_s + train_s;"
-         " step_over_floor = step_s / floor_s; cpu_step_over_floor = cpu_per_step_s (whole step, incl. reward and logging) / floor_cpu_s."),
+         " step_over_floor = step_s / floor_s; cpu_step_over_floor = cpu_per_step_s (whole step, incl. reward and logging) / floor_cpu_s;"
+         " cpu_step_over_adjacent_floor divides by adjacent_floor, the floor measured right before and after that run pair (the"
+         " same load), where floor_cpu_s is the median over every floor measurement of the scale."),
+        "scales measured by an earlier invocation keep their numbers; each scale has its own load_average_at_end and git_commit.",
         ("floor: the rollout's forwards over the batch (no grad) + forward/backward of a plain loss at the trained steps per"
          " minibatch + optimizer steps; encode/decode/one_forward are listed but not in the floor."),
         ("forwards_per_step_in_samples: transformer samples per step (calls x batch); replay_style = floor + one no-grad forward"
@@ -490,13 +509,17 @@ def main() -> None:
         "peak_rss_mib: ru_maxrss of the scale's own process, after the floor and after all trainer runs.",
     ]
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
-    if args.out == OUT_JSON and OUT_JSON.is_file() and "overlap" in (previous := json.loads(OUT_JSON.read_text())):
-        results["overlap"] = previous["overlap"]  # measured by its own run (--overlap)
+    if args.out == OUT_JSON and OUT_JSON.is_file():
+        previous = json.loads(OUT_JSON.read_text())
+        results["scales"] = {**{k: v for k, v in previous.get("scales", {}).items() if k not in scales}, **results["scales"]}
+        if "overlap" in previous:
+            results["overlap"] = previous["overlap"]  # measured by its own run (--overlap)
     results = relative_paths(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     plot(results, args.out.with_suffix(".png"))
-    summary = {scale: {name: {k: round(run["seconds"][k], 3) for k in ("step_s", "step_over_floor", "cpu_step_over_floor")}
+    summary = {scale: {name: {k: round(run["seconds"][k], 3) for k in ("step_s", "step_over_floor", "cpu_step_over_floor", "cpu_step_over_adjacent_floor")
+                              if k in run["seconds"]}
                        for name, run in r["runs"].items()} | {"floor_s": round(r["floor"]["floor_s"], 3), "skipped": r["skipped"]}
                for scale, r in results["scales"].items()}
     print(json.dumps(summary, indent=2))
