@@ -415,7 +415,7 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     scales = list(results["scales"])
-    fig, axes = plt.subplots(len(scales), 2, figsize=(14, 3.6 * len(scales)), squeeze=False, gridspec_kw={"width_ratios": [3, 2]})
+    fig, axes = plt.subplots(len(scales), 2, figsize=(16, 3.6 * len(scales)), squeeze=False, gridspec_kw={"width_ratios": [3, 2]})
     colors = {"rollout forwards": "C0", "trained fwd+bwd": "C1", "rollout": "C0", "reward": "C2", "update": "C1"}
     for (ax, fwd_ax), scale in zip(axes, scales):
         r = results["scales"][scale]
@@ -434,7 +434,8 @@ def plot(results: dict, path: Path) -> None:
             ratio = f" (rollout + update {r['runs'][label]['seconds']['step_over_floor']:.2f}x floor)" if label != "floor" else ""
             ax.text(left, y, f" {left:.2f} s{ratio}", va="center", fontsize=8)
         ax.set_yticks(range(len(rows)), [label for label, _ in rows])
-        ax.set(xlabel="wall s per step (mean of steps 2..N; one thread, shared machine)", title=f"{scale}: {r['model'][:60]}")
+        ax.set(xlabel="wall s per step (mean of steps 2..N; one thread, shared machine)", title=f"{scale}: {r['model'] if len(r['model']) < 40 else r['model'].split(':')[0]}")
+        ax.set_xlim(0, 1.9 * ax.get_xlim()[1])  # room for the labels
         ax.legend(fontsize=7, loc="lower right")
         forwards = r["forwards_per_step_in_samples"]
         names = list(forwards)
@@ -445,7 +446,7 @@ def plot(results: dict, path: Path) -> None:
         fwd_ax.barh(y, grad, left=no_grad, color="C1", label="grad samples (fwd+bwd)")
         fwd_ax.set_yticks(y, names, fontsize=8)
         fwd_ax.set(xlabel="transformer sample-forwards per step", title=f"{scale}: forwards (batch {r['batch']})")
-        fwd_ax.legend(fontsize=7, loc="lower right")
+        fwd_ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
