@@ -127,6 +127,17 @@ def test_every_published_value_names_its_source() -> None:
     assert "unirl/train/stack.py" in (RECIPES / "sd35" / "_dppo.yaml").read_text()
 
 
+def _on_tiny_pipeline(recipe_name: str, save, tmp_path: Path, group_size: int):
+    """A shipped recipe with its model replaced by a tiny random pipeline of the same family and its cost cut to one
+    step of one prompt (toy-world prompts, two download-free rewards); every other published value is kept."""
+    model = save(tmp_path / "pipeline")
+    return load_recipe(RECIPES / recipe_name, [
+        f"model.name={model}", f"model.resolution={IMAGE_SIZE}", "model.dtype=float32", "train.mixed_precision=no",
+        "rollout.prompts_per_batch=1", f"rollout.group_size={group_size}", "train.steps=1", "train.log_with=[]",
+        "prompts={source: toyworld}", "rewards=[{name: vivid}, {name: compressibility}]", f"output_dir={tmp_path / 'run'}",
+    ])
+
+
 @pytest.mark.parametrize(("recipe_name", "save"), [
     ("sd35/ocr_dppo.yaml", save_sd3_pipeline),
     ("sd35/ocr_grpo.yaml", save_sd3_pipeline),  # CFG 4.5, 9 trained steps, a KL penalty to the base
@@ -134,12 +145,7 @@ def test_every_published_value_names_its_source() -> None:
 ])
 def test_paper_recipe_trains_on_a_tiny_pipeline(tmp_path: Path, recipe_name: str, save) -> None:
     """The recipe as published, with the model path, size and cost overridden: a real step of its algorithm."""
-    model = save(tmp_path / "pipeline")
-    recipe = load_recipe(RECIPES / recipe_name, [
-        f"model.name={model}", f"model.resolution={IMAGE_SIZE}", "model.dtype=float32", "train.mixed_precision=no",
-        "rollout.prompts_per_batch=1", "rollout.group_size=2", "train.steps=1", "train.log_with=[]",
-        "prompts={source: toyworld}", "rewards=[{name: vivid}, {name: compressibility}]", f"output_dir={tmp_path / 'run'}",
-    ])
+    recipe = _on_tiny_pipeline(recipe_name, save, tmp_path, group_size=2)
     run = align(recipe)
     (metrics,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     # one pass in 2 minibatches: the first is on-policy (r = 1), the second sees the policy the first moved
@@ -158,12 +164,7 @@ def test_paper_recipe_trains_on_a_tiny_pipeline(tmp_path: Path, recipe_name: str
 def test_likelihood_free_recipe_trains_on_a_tiny_pipeline(tmp_path: Path, recipe_name: str, save, stat: str) -> None:
     """The NFT/AWM recipes as published (ODE rollouts, their time windows and EMA), model and cost overridden: a real
     step trains the LoRA, moves the old adapter by the recipe's EMA rule and exports the trained adapter."""
-    model = save(tmp_path / "pipeline")
-    recipe = load_recipe(RECIPES / recipe_name, [
-        f"model.name={model}", f"model.resolution={IMAGE_SIZE}", "model.dtype=float32", "train.mixed_precision=no",
-        "rollout.prompts_per_batch=1", "rollout.group_size=4", "train.steps=1", "train.log_with=[]",
-        "prompts={source: toyworld}", "rewards=[{name: vivid}, {name: compressibility}]", f"output_dir={tmp_path / 'run'}",
-    ])
+    recipe = _on_tiny_pipeline(recipe_name, save, tmp_path, group_size=4)
     run = align(recipe)
     (metrics,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert math.isfinite(metrics[stat]) and math.isfinite(metrics["update/loss"])
