@@ -135,8 +135,11 @@ def test_nft_and_awm_in_two_processes_make_the_same_update_as_one(
             torch.testing.assert_close(weights_two[key], weights_one[key], rtol=1e-3, atol=1e-5)
     (metrics_two,), (metrics_one,) = ([json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
                                       for run in (two, one))
-    for key in ("reward/total", "kl/ref", "kl/old_new", "update/loss", "update/grad_norm", "update/ref_penalty"):
+    for key in ("reward/total", "kl/ref", "kl/old_new", "update/grad_norm", "update/ref_penalty"):
         assert metrics_two[key] == pytest.approx(metrics_one[key], rel=1e-4, abs=1e-9), key
+    # AWM's loss is a mean of -a rho terms of size ~0.1-1 that cancel to ~1e-7: float32 rounding of those terms (other
+    # thread counts, other reduction orders) moves it by ~1e-7, so it is compared at the terms' precision
+    assert metrics_two["update/loss"] == pytest.approx(metrics_one["update/loss"], rel=1e-4, abs=1e-5)
 
 
 def test_shards_are_contiguous_equal_slices_and_an_uneven_batch_is_a_clear_error() -> None:
